@@ -36,10 +36,6 @@ namespace collie {
 
 namespace detail {
 
-// The message of the most recent failure of a call made on this thread; the throwing forms put
-// it in the exception, `last_error()` returns it to users of the error_code forms.
-inline thread_local std::string last_error_message;
-
 // Mixes a parent group's context with a split counter and a colour into the context of a
 // subgroup (splitmix64 finaliser): every member computes the same value, other subgroups get
 // different ones, so their messages never match.

@@ -52,6 +52,10 @@ class ErrorCategory final : public std::error_category {
   }
 };
 
+// The message of the most recent failure of a call made on this thread; the throwing forms put
+// it in the exception, `last_error()` returns it to users of the error_code forms.
+inline thread_local std::string last_error_message;
+
 }  // namespace detail
 
 /// The category of every `collie::errc` code (`ec.category().name()` is "collie").

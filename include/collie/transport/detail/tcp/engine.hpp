@@ -1,0 +1,898 @@
+// The TCP engine behind TcpTransport: one I/O thread running Asio, the connections to every peer
+// (several to each ring neighbour, one on demand to any other rank), message matching, and the
+// failure rules (a lost connection fails everything pending on that peer at once).
+#pragma once
+
+#include <asio.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <deque>
+#include <functional>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <unistd.h>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include "collie/core/call.hpp"
+#include "collie/core/deadline.hpp"
+#include "collie/core/error.hpp"
+#include "collie/transport/detail/tcp/wire.hpp"
+#include "collie/transport/tcp_config.hpp"
+
+namespace collie::detail::tcp {
+
+using asio::ip::tcp;
+
+struct Connection;
+
+// One posted send or receive. Ops come from a free list owned by the engine, so steady-state
+// traffic allocates nothing per message.
+struct Op {
+  enum class State : std::uint8_t { free, queued, active, done };
+  bool is_send = false;
+  int peer = 0;  // world rank
+  std::uint64_t context = 0;
+  Tag tag = 0;
+  const std::byte* send_data = nullptr;
+  std::byte* recv_data = nullptr;
+  std::size_t bytes = 0;
+  State state = State::free;
+  std::error_code result;
+  Connection* connection = nullptr;  // the connection moving it while active
+  Bytes<Header::size> header{};      // sends: the encoded header, kept alive for the write
+  Op* next_free = nullptr;
+};
+
+// A message that arrived before its receive was posted: kept until a receive claims it.
+struct Unexpected {
+  std::uint64_t context = 0;
+  Tag tag = 0;
+  std::vector<std::byte> data;
+  bool complete = false;
+  Op* claimed_by = nullptr;  // a receive posted while the payload was still arriving
+};
+
+struct Connection {
+  explicit Connection(asio::io_context& io) : socket(io) {}
+  tcp::socket socket;
+  int peer = -1;
+  int index = 0;
+  std::string address;          // the remote "ip:port", for messages
+  std::deque<Op*> send_queue;   // front is being written while `writing`
+  bool writing = false;
+  Bytes<Header::size> header{};  // the header being read
+  Op* reading_into = nullptr;
+  std::list<Unexpected>::iterator reading_unexpected;
+  bool reading_to_unexpected = false;
+  std::vector<std::byte> discard;  // payload of a message refused for its size
+};
+
+struct Peer {
+  enum class Status : std::uint8_t { unconnected, connecting, ready, failed };
+  Status status = Status::unconnected;
+  std::vector<Connection*> connections;  // established, handshake done
+  std::deque<Op*> waiting_sends;         // posted before any connection existed
+  std::deque<Op*> receives;              // posted, unmatched, in posting order
+  std::list<Unexpected> unexpected;      // arrived, unclaimed, in arrival order
+  std::error_code failure;
+  std::string failure_message;
+};
+
+class Engine {
+ public:
+  // Connects to the ring neighbours (and accepts from them) before returning; throws
+  // collie::Error naming the step, the peer and the address when that fails.
+  explicit Engine(TcpConfig config)
+      : config_(std::move(config)), rank_(config_.rank), size_(config_.size()),
+        peers_(static_cast<std::size_t>(size_)), work_(asio::make_work_guard(io_)) {
+    validate();
+    open_acceptors();
+    thread_ = std::thread([this] { io_.run(); });
+    try {
+      connect_neighbours();
+    } catch (...) {
+      shutdown();
+      throw;
+    }
+  }
+
+  Engine(const Engine&) = delete;
+  Engine& operator=(const Engine&) = delete;
+  ~Engine() { shutdown(); }
+
+  int rank() const noexcept { return rank_; }
+  int size() const noexcept { return size_; }
+  const TcpConfig& config() const noexcept { return config_; }
+
+  std::string address_of(int world) const {
+    const auto& list = config_.hosts[static_cast<std::size_t>(world)];
+    return list.empty() ? std::string("?") : list.front().to_string();
+  }
+
+  // ----- posting ------------------------------------------------------------------------------
+
+  Op* post(bool is_send, int peer, std::uint64_t context, Tag tag, const std::byte* send_data,
+           std::byte* recv_data, std::size_t bytes) noexcept {
+    std::unique_lock lock(mutex_);
+    Op* op = allocate();
+    if (op == nullptr) return nullptr;
+    op->is_send = is_send;
+    op->peer = peer;
+    op->context = context;
+    op->tag = tag;
+    op->send_data = send_data;
+    op->recv_data = recv_data;
+    op->bytes = bytes;
+    op->state = Op::State::queued;
+    op->result.clear();
+    op->connection = nullptr;
+    Peer& p = peers_[static_cast<std::size_t>(peer)];
+    // A failed peer fails new sends, and receives that no message already delivered matches
+    // (a peer that sent its last message and exited is "failed" only for what comes after).
+    if (p.status == Peer::Status::failed &&
+        (is_send || std::none_of(p.unexpected.begin(), p.unexpected.end(), [&](const Unexpected& u) {
+           return u.context == context && u.tag == tag && u.complete && u.claimed_by == nullptr;
+         }))) {
+      finish(*op, p.failure);
+      return op;
+    }
+    if (is_send) {
+      Header h;
+      h.context = context;
+      h.tag = tag;
+      h.bytes = bytes;
+      h.encode_into(op->header);
+      if (p.connections.empty()) {
+        p.waiting_sends.push_back(op);
+        need_connection(peer);
+      } else {
+        enqueue_send(*op);
+      }
+      return op;
+    }
+    // A receive: take a message that already arrived, or wait in the peer's queue.
+    auto it = std::find_if(p.unexpected.begin(), p.unexpected.end(), [&](const Unexpected& u) {
+      return u.context == context && u.tag == tag && u.claimed_by == nullptr;
+    });
+    if (it == p.unexpected.end()) {
+      p.receives.push_back(op);
+      if (p.connections.empty()) need_connection(peer);
+      return op;
+    }
+    if (!it->complete) {
+      it->claimed_by = op;  // the reader hands it over when the payload is in
+      return op;
+    }
+    Unexpected message = std::move(*it);
+    p.unexpected.erase(it);
+    op->state = Op::State::active;
+    lock.unlock();
+    // Copy outside the lock: the op is reachable by nobody else until finished.
+    std::error_code result;
+    if (message.data.size() != op->bytes) {
+      result = errc::protocol_error;
+    } else if (op->bytes != 0) {
+      std::memcpy(op->recv_data, message.data.data(), op->bytes);
+    }
+    lock.lock();
+    finish(*op, result);
+    return op;
+  }
+
+  // Blocks until `op` is done or the deadline passes (then it stays posted).
+  std::error_code wait(Op* op, Deadline deadline) noexcept {
+    std::unique_lock lock(mutex_);
+    auto done = [&] { return op->state == Op::State::done; };
+    if (deadline.is_never()) {
+      cv_.wait(lock, done);
+    } else if (!cv_.wait_until(lock, deadline.when(), done)) {
+      return errc::timed_out;
+    }
+    return op->result;
+  }
+
+  // Withdraws `op` and recycles it. If bytes of it are already moving, the connection is closed
+  // (the stream cannot be resynchronised mid-message) and the handler's completion awaited.
+  void release(Op* op) noexcept {
+    std::unique_lock lock(mutex_);
+    if (op->state == Op::State::queued) {
+      Peer& p = peers_[static_cast<std::size_t>(op->peer)];
+      auto drop = [&](std::deque<Op*>& q) {
+        auto it = std::find(q.begin(), q.end(), op);
+        if (it == q.end()) return false;
+        q.erase(it);
+        return true;
+      };
+      bool found = drop(p.waiting_sends) || drop(p.receives);
+      for (Connection* c : p.connections) {
+        if (found) break;
+        // Not the front of a queue that is being written: that one is active.
+        found = drop(c->send_queue);
+      }
+      for (auto& u : p.unexpected) {
+        if (u.claimed_by == op) {
+          u.claimed_by = nullptr;
+          found = true;
+        }
+      }
+      op->state = Op::State::done;
+      op->result = errc::aborted;
+    }
+    if (op->state == Op::State::active) {
+      const int peer = op->peer;
+      lock.unlock();
+      asio::post(io_, [this, peer] {
+        fail_peer(peer, errc::connection_lost, "a transfer to or from it was cancelled");
+      });
+      lock.lock();
+      cv_.wait(lock, [&] { return op->state == Op::State::done; });
+    }
+    recycle(op);
+  }
+
+  // Closes every connection: peers see the group fail at once instead of timing out.
+  void abort() noexcept {
+    asio::post(io_, [this] {
+      for (int peer = 0; peer < size_; ++peer) {
+        fail_peer(peer, errc::connection_lost, "this rank aborted the group");
+      }
+    });
+  }
+
+ private:
+  // ----- set-up -------------------------------------------------------------------------------
+
+  [[noreturn]] void fail_setup(errc code, const std::string& what) const {
+    throw Error(code, "collie[tcp] rank " + std::to_string(rank_) + ": " + what);
+  }
+
+  void log(const std::string& line) const {
+    if (config_.verbose) std::fprintf(stderr, "[collie ring] rank %d: %s\n", rank_, line.c_str());
+  }
+
+  void validate() const {
+    if (size_ < 1) fail_setup(errc::bad_configuration, "the host list is empty");
+    if (rank_ < 0 || rank_ >= size_) {
+      fail_setup(errc::bad_configuration, "rank " + std::to_string(rank_) + " is outside [0, " +
+                                              std::to_string(size_) + ") of the host list");
+    }
+    const std::size_t per_rank = config_.hosts.front().size();
+    for (int r = 0; r < size_; ++r) {
+      const auto& list = config_.hosts[static_cast<std::size_t>(r)];
+      if (size_ > 1 && list.empty()) {
+        fail_setup(errc::bad_configuration, "rank " + std::to_string(r) + " lists no address");
+      }
+      if (list.size() != per_rank) {
+        fail_setup(errc::bad_configuration,
+                   "rank " + std::to_string(r) + " lists " + std::to_string(list.size()) +
+                       " addresses but rank 0 lists " + std::to_string(per_rank) +
+                       "; every rank needs one per connection");
+      }
+    }
+    if (!config_.listening_sockets.empty() &&
+        config_.listening_sockets.size() != config_.hosts[static_cast<std::size_t>(rank_)].size()) {
+      fail_setup(errc::bad_configuration, "listening_sockets must have one socket per address");
+    }
+  }
+
+  std::size_t connections_per_neighbour() const {
+    return config_.hosts[static_cast<std::size_t>(rank_)].size();
+  }
+
+  tcp::endpoint resolve(const Endpoint& e) const {
+    std::error_code ec;
+    const auto address = asio::ip::make_address(e.host, ec);
+    if (!ec) return {address, e.port};
+    tcp::resolver resolver(const_cast<asio::io_context&>(io_));
+    auto results = resolver.resolve(e.host, std::to_string(e.port), ec);
+    if (ec || results.empty()) {
+      fail_setup(errc::bad_configuration,
+                 "cannot resolve \"" + e.host + "\": " + (ec ? ec.message() : "no address"));
+    }
+    return results.begin()->endpoint();
+  }
+
+  void open_acceptors() {
+    if (size_ == 1) return;
+    const auto& mine = config_.hosts[static_cast<std::size_t>(rank_)];
+    for (std::size_t i = 0; i < mine.size(); ++i) {
+      auto acceptor = std::make_unique<tcp::acceptor>(io_);
+      std::error_code ec;
+      const tcp::endpoint endpoint = resolve(mine[i]);
+      if (!config_.listening_sockets.empty()) {
+        acceptor->assign(endpoint.protocol(), config_.listening_sockets[i], ec);
+      } else {
+        acceptor->open(endpoint.protocol(), ec);
+        if (!ec) acceptor->set_option(tcp::acceptor::reuse_address(true), ec);
+        if (!ec) acceptor->bind(endpoint, ec);
+        if (!ec) acceptor->listen(asio::socket_base::max_listen_connections, ec);
+      }
+      if (ec) {
+        fail_setup(errc::bad_configuration,
+                   "cannot listen on " + mine[i].to_string() + " (hostfile entry " +
+                       std::to_string(i) + " of rank " + std::to_string(rank_) + "): " +
+                       ec.message() + ". Is that address on this host, and the port free?");
+      }
+      log("listening on " + mine[i].to_string());
+      acceptors_.push_back(std::move(acceptor));
+    }
+    config_.listening_sockets.clear();  // owned by the acceptors now
+    for (auto& a : acceptors_) accept_next(*a);
+  }
+
+  // Neighbour connections: k to the right neighbour (we connect), k from the left (it connects).
+  // Both directions start at once, so bring-up is not a chain through the ring.
+  void connect_neighbours() {
+    if (size_ == 1) return;
+    const int right = (rank_ + 1) % size_;
+    const int left = (rank_ - 1 + size_) % size_;
+    const std::size_t k = connections_per_neighbour();
+    expected_right_ = k;
+    expected_left_ = k;
+    {
+      std::lock_guard lock(mutex_);
+      peers_[static_cast<std::size_t>(right)].status = Peer::Status::connecting;
+      peers_[static_cast<std::size_t>(left)].status = Peer::Status::connecting;
+    }
+    for (std::size_t i = 0; i < k; ++i) {
+      asio::post(io_, [this, right, i] { start_connect(right, static_cast<std::uint16_t>(i)); });
+    }
+    const auto deadline = Deadline::after(config_.connect_timeout);
+    std::unique_lock lock(mutex_);
+    const bool ok = cv_.wait_until(lock, deadline.when(), [&] {
+      return setup_error_ || (made_right_ >= expected_right_ && made_left_ >= expected_left_);
+    });
+    if (setup_error_) {
+      const auto [code, text] = *setup_error_;
+      lock.unlock();
+      fail_setup(code, text);
+    }
+    if (!ok) {
+      std::string missing;
+      if (made_right_ < expected_right_) {
+        missing = "connected " + std::to_string(made_right_) + " of " +
+                  std::to_string(expected_right_) + " connections to rank " +
+                  std::to_string(right) + " (" + address_of(right) + ")";
+      }
+      if (made_left_ < expected_left_) {
+        missing += std::string(missing.empty() ? "" : "; ") + "accepted " +
+                   std::to_string(made_left_) + " of " + std::to_string(expected_left_) +
+                   " connections from rank " + std::to_string(left);
+      }
+      lock.unlock();
+      fail_setup(errc::timed_out, "connect: timed out after " +
+                                      std::to_string(config_.connect_timeout.count()) +
+                                      " ms: " + missing +
+                                      ". Are all ranks started, with the same hostfile?");
+    }
+    peers_[static_cast<std::size_t>(right)].status = Peer::Status::ready;
+    peers_[static_cast<std::size_t>(left)].status = Peer::Status::ready;
+    log("connected to both neighbours");
+  }
+
+  // Called with the lock held: a send or receive needs a connection to a non-neighbour. The
+  // lower rank connects (once, on first need on either side), the higher rank waits for it.
+  void need_connection(int peer) {
+    Peer& p = peers_[static_cast<std::size_t>(peer)];
+    if (p.status != Peer::Status::unconnected) return;
+    p.status = Peer::Status::connecting;
+    if (rank_ < peer) {
+      asio::post(io_, [this, peer] { start_connect(peer, on_demand_index); });
+    }
+  }
+
+  // ----- connecting (I/O thread) -------------------------------------------------------------
+
+  struct Attempt {
+    Attempt(asio::io_context& io, int peer_rank, std::uint16_t index)
+        : connection(std::make_unique<Connection>(io)), timer(io), peer(peer_rank),
+          connection_index(index) {}
+    std::unique_ptr<Connection> connection;
+    asio::steady_timer timer;
+    int peer;
+    std::uint16_t connection_index;
+    std::chrono::milliseconds backoff{20};
+    Deadline deadline = Deadline::never();
+    Bytes<Hello::size> hello{};
+    Bytes<Ack::size> ack{};
+  };
+
+  void start_connect(int peer, std::uint16_t index) {
+    auto attempt = std::make_shared<Attempt>(io_, peer, index);
+    attempt->deadline = Deadline::after(config_.connect_timeout);
+    try_connect(attempt);
+  }
+
+  const Endpoint& target_of(const Attempt& a) const {
+    const auto& list = config_.hosts[static_cast<std::size_t>(a.peer)];
+    return list[a.connection_index == on_demand_index ? 0 : a.connection_index];
+  }
+
+  void try_connect(const std::shared_ptr<Attempt>& a) {
+    if (stopping_) return;
+    const Endpoint& target = target_of(*a);
+    tcp::endpoint endpoint;
+    try {
+      endpoint = resolve(target);
+    } catch (const Error& e) {
+      setup_failed(a->peer, errc::bad_configuration, e.what());
+      return;
+    }
+    a->connection->socket = tcp::socket(io_);
+    a->connection->socket.async_connect(endpoint, [this, a](std::error_code ec) {
+      if (stopping_) return;
+      if (ec) {
+        // The peer may not be listening yet: retry with backoff until the connect deadline.
+        if (a->deadline.expired()) {
+          setup_failed(a->peer, errc::timed_out,
+                       "connect to rank " + std::to_string(a->peer) + " at " +
+                           target_of(*a).to_string() + ": " + ec.message() + " (gave up after " +
+                           std::to_string(config_.connect_timeout.count()) +
+                           " ms). Is rank " + std::to_string(a->peer) + " running?");
+          return;
+        }
+        a->timer.expires_after(a->backoff);
+        a->backoff = std::min(a->backoff * 2, std::chrono::milliseconds(1000));
+        a->timer.async_wait([this, a](std::error_code) { try_connect(a); });
+        return;
+      }
+      a->connection->socket.set_option(tcp::no_delay(true), ec);
+      Hello hello;
+      hello.connection = a->connection_index;
+      hello.world_size = static_cast<std::uint32_t>(size_);
+      hello.sender = static_cast<std::uint32_t>(rank_);
+      hello.receiver = static_cast<std::uint32_t>(a->peer);
+      hello.job_token = config_.job_token;
+      a->hello = hello.encode();
+      asio::async_write(a->connection->socket, asio::buffer(a->hello),
+                        [this, a](std::error_code ec, std::size_t) {
+                          if (ec) return handshake_lost(a, ec);
+                          asio::async_read(a->connection->socket, asio::buffer(a->ack),
+                                           [this, a](std::error_code ec, std::size_t) {
+                                             if (ec) return handshake_lost(a, ec);
+                                             on_ack(a);
+                                           });
+                        });
+    });
+  }
+
+  void handshake_lost(const std::shared_ptr<Attempt>& a, std::error_code ec) {
+    if (stopping_) return;
+    if (!a->deadline.expired()) {  // e.g. the peer restarted its listener: try again
+      a->timer.expires_after(a->backoff);
+      a->timer.async_wait([this, a](std::error_code) { try_connect(a); });
+      return;
+    }
+    setup_failed(a->peer, errc::connection_lost,
+                 "handshake with rank " + std::to_string(a->peer) + " at " +
+                     target_of(*a).to_string() + ": " + ec.message());
+  }
+
+  void on_ack(const std::shared_ptr<Attempt>& a) {
+    const Ack ack = Ack::decode(a->ack);
+    const std::string where = "rank " + std::to_string(a->peer) + " at " + target_of(*a).to_string();
+    if (ack.magic != hello_magic) {
+      setup_failed(a->peer, errc::protocol_error,
+                   "handshake: " + where + " answered with something that is not collie");
+      return;
+    }
+    if (ack.status != Ack::accepted) {
+      setup_failed(a->peer, errc::protocol_error,
+                   "handshake: " + where + " (connection " + std::to_string(a->connection_index) +
+                       ") refused this rank: " + Ack::reason(ack.status));
+      return;
+    }
+    a->connection->peer = a->peer;
+    a->connection->index = a->connection_index;
+    a->connection->address = target_of(*a).to_string();
+    log("connected to " + where + " (connection " + std::to_string(a->connection_index) + ")");
+    register_connection(std::move(a->connection), /*initiated=*/true);
+  }
+
+  // ----- accepting (I/O thread) --------------------------------------------------------------
+
+  struct Incoming {
+    explicit Incoming(asio::io_context& io) : connection(std::make_unique<Connection>(io)), timer(io) {}
+    std::unique_ptr<Connection> connection;
+    asio::steady_timer timer;
+    Bytes<Hello::size> hello{};
+    Bytes<Ack::size> ack{};
+    std::size_t acceptor = 0;
+  };
+
+  void accept_next(tcp::acceptor& acceptor) {
+    auto in = std::make_shared<Incoming>(io_);
+    for (std::size_t i = 0; i < acceptors_.size(); ++i) {
+      if (acceptors_[i].get() == &acceptor) in->acceptor = i;
+    }
+    acceptor.async_accept(in->connection->socket, [this, in, &acceptor](std::error_code ec) {
+      if (stopping_ || ec == asio::error::operation_aborted) return;
+      accept_next(acceptor);
+      if (ec) return;
+      in->connection->socket.set_option(tcp::no_delay(true), ec);
+      // A connection that never says hello is dropped after the connect timeout.
+      in->timer.expires_after(config_.connect_timeout);
+      in->timer.async_wait([in](std::error_code ec) {
+        if (!ec) in->connection->socket.close(ec);
+      });
+      asio::async_read(in->connection->socket, asio::buffer(in->hello),
+                       [this, in](std::error_code ec, std::size_t) {
+                         in->timer.cancel();
+                         if (ec || stopping_) return;
+                         on_hello(in);
+                       });
+    });
+  }
+
+  void on_hello(const std::shared_ptr<Incoming>& in) {
+    const Hello hello = Hello::decode(in->hello);
+    std::error_code ignored;
+    const auto remote = in->connection->socket.remote_endpoint(ignored);
+    const std::string from = remote.address().to_string() + ":" + std::to_string(remote.port());
+    const int left = (rank_ - 1 + size_) % size_;
+    Ack ack;
+    if (hello.magic != hello_magic) {
+      ack.status = Ack::bad_magic;
+    } else if (hello.version != protocol_version) {
+      ack.status = Ack::bad_version;
+    } else if (hello.world_size != static_cast<std::uint32_t>(size_)) {
+      ack.status = Ack::wrong_world_size;
+    } else if (hello.receiver != static_cast<std::uint32_t>(rank_)) {
+      ack.status = Ack::wrong_receiver;
+    } else if (hello.job_token != config_.job_token) {
+      ack.status = Ack::wrong_job;
+    } else if (hello.sender >= static_cast<std::uint32_t>(size_) ||
+               (hello.connection != on_demand_index &&
+                (static_cast<int>(hello.sender) != left ||
+                 hello.connection != static_cast<std::uint16_t>(in->acceptor))) ||
+               (hello.connection == on_demand_index && static_cast<int>(hello.sender) >= rank_)) {
+      ack.status = Ack::unexpected_sender;
+    }
+    in->ack = ack.encode();
+    asio::async_write(in->connection->socket, asio::buffer(in->ack),
+                      [this, in, hello, ack, from](std::error_code ec, std::size_t) {
+                        if (stopping_) return;
+                        const auto& mine = config_.hosts[static_cast<std::size_t>(rank_)];
+                        const std::string here = mine[in->acceptor].to_string();
+                        if (ack.status != Ack::accepted) {
+                          // Refused: the set-up fails here too, naming both ends.
+                          std::error_code ignored;
+                          in->connection->socket.close(ignored);
+                          const std::string text =
+                              "handshake: refused a connection on " + here + " from " + from +
+                              " (claims rank " + std::to_string(hello.sender) + "): " +
+                              Ack::reason(ack.status);
+                          log(text);
+                          if (hello.magic == hello_magic) {
+                            setup_failed(-1, errc::protocol_error, text);
+                          }
+                          return;
+                        }
+                        if (ec) return;
+                        in->connection->peer = static_cast<int>(hello.sender);
+                        in->connection->index = hello.connection;
+                        in->connection->address = from;
+                        log("accepted rank " + std::to_string(hello.sender) + " from " + from +
+                            " on " + here);
+                        register_connection(std::move(in->connection), /*initiated=*/false);
+                      });
+  }
+
+  // ----- established connections (I/O thread) ------------------------------------------------
+
+  void register_connection(std::unique_ptr<Connection> owned, bool initiated) {
+    Connection* c = owned.get();
+    {
+      std::lock_guard lock(mutex_);
+      connections_.push_back(std::move(owned));
+      Peer& p = peers_[static_cast<std::size_t>(c->peer)];
+      if (p.status == Peer::Status::failed) {
+        std::error_code ignored;
+        c->socket.close(ignored);
+        return;
+      }
+      p.connections.push_back(c);
+      if (c->index != on_demand_index) {
+        (initiated ? made_right_ : made_left_) += 1;
+      }
+      if (c->index == on_demand_index || p.status == Peer::Status::ready) {
+        p.status = Peer::Status::ready;
+      }
+      // Sends posted before the connection existed go out now, in posting order.
+      while (!p.waiting_sends.empty()) {
+        Op* op = p.waiting_sends.front();
+        p.waiting_sends.pop_front();
+        enqueue_send(*op);
+      }
+    }
+    cv_.notify_all();
+    read_header(c);
+  }
+
+  // With the lock held: put a send on its connection. Equal (context, tag) always take the same
+  // connection, so they arrive in posting order; different tags spread over all connections.
+  void enqueue_send(Op& op) {
+    Peer& p = peers_[static_cast<std::size_t>(op.peer)];
+    const std::uint64_t key = op.tag * 0x9E3779B97F4A7C15ULL ^ op.context;
+    Connection* c = p.connections[(key >> 32) % p.connections.size()];
+    op.connection = c;
+    c->send_queue.push_back(&op);
+    if (!c->writing) {
+      c->writing = true;
+      asio::post(io_, [this, c] { write_front(c); });
+    }
+  }
+
+  void write_front(Connection* c) {
+    Op* op = nullptr;
+    {
+      std::lock_guard lock(mutex_);
+      if (c->send_queue.empty()) {
+        c->writing = false;
+        return;
+      }
+      op = c->send_queue.front();
+      c->send_queue.pop_front();
+      op->state = Op::State::active;
+    }
+    const std::array<asio::const_buffer, 2> buffers = {
+        asio::buffer(op->header), asio::buffer(op->send_data, op->bytes)};
+    asio::async_write(c->socket, buffers, [this, c, op](std::error_code ec, std::size_t) {
+      {
+        std::lock_guard lock(mutex_);
+        finish(*op, ec ? std::error_code(errc::connection_lost) : std::error_code());
+      }
+      cv_.notify_all();
+      if (ec) {
+        fail_peer(c->peer, errc::connection_lost, "sending to it failed: " + ec.message());
+        return;
+      }
+      write_front(c);
+    });
+  }
+
+  void read_header(Connection* c) {
+    asio::async_read(c->socket, asio::buffer(c->header), [this, c](std::error_code ec, std::size_t) {
+      if (ec) return connection_failed(c, ec);
+      on_header(c);
+    });
+  }
+
+  void on_header(Connection* c) {
+    const Header h = Header::decode(c->header);
+    if (h.magic != message_magic) {
+      fail_peer(c->peer, errc::protocol_error, "it sent a corrupt message header");
+      return;
+    }
+    std::byte* target = nullptr;
+    {
+      std::lock_guard lock(mutex_);
+      Peer& p = peers_[static_cast<std::size_t>(c->peer)];
+      auto it = std::find_if(p.receives.begin(), p.receives.end(), [&](const Op* op) {
+        return op->context == h.context && op->tag == h.tag;
+      });
+      if (it != p.receives.end() && (*it)->bytes == h.bytes) {
+        Op* op = *it;
+        p.receives.erase(it);
+        op->state = Op::State::active;
+        op->connection = c;
+        c->reading_into = op;
+        target = op->recv_data;
+      } else if (it != p.receives.end()) {
+        // A size mismatch: the receive fails, the payload is read and dropped so the stream
+        // stays in step.
+        Op* op = *it;
+        p.receives.erase(it);
+        finish(*op, errc::protocol_error);
+        c->discard.resize(h.bytes);
+        target = c->discard.data();
+        c->reading_into = nullptr;
+      } else {
+        p.unexpected.push_back({h.context, h.tag, std::vector<std::byte>(h.bytes), false, nullptr});
+        c->reading_unexpected = std::prev(p.unexpected.end());
+        c->reading_to_unexpected = true;
+        target = c->reading_unexpected->data.data();
+      }
+    }
+    cv_.notify_all();
+    asio::async_read(c->socket, asio::buffer(target, h.bytes),
+                     [this, c](std::error_code ec, std::size_t) { on_payload(c, ec); });
+  }
+
+  void on_payload(Connection* c, std::error_code ec) {
+    {
+      std::lock_guard lock(mutex_);
+      if (c->reading_into != nullptr) {
+        finish(*c->reading_into, ec ? std::error_code(errc::connection_lost) : std::error_code());
+        c->reading_into = nullptr;
+      } else if (c->reading_to_unexpected) {
+        c->reading_to_unexpected = false;
+        auto it = c->reading_unexpected;
+        if (!ec) {
+          it->complete = true;
+          if (Op* op = it->claimed_by) {
+            // Claimed while arriving: hand it over now (rare, so copying under the lock is fine).
+            std::error_code result;
+            if (it->data.size() != op->bytes) {
+              result = errc::protocol_error;
+            } else if (op->bytes != 0) {
+              std::memcpy(op->recv_data, it->data.data(), op->bytes);
+            }
+            finish(*op, result);
+            peers_[static_cast<std::size_t>(c->peer)].unexpected.erase(it);
+          }
+        }
+      }
+    }
+    cv_.notify_all();
+    if (ec) return connection_failed(c, ec);
+    read_header(c);
+  }
+
+  void connection_failed(Connection* c, std::error_code ec) {
+    if (stopping_ || ec == asio::error::operation_aborted) {
+      // Our own close: fail_peer already accounted for it.
+      std::lock_guard lock(mutex_);
+      if (c->reading_into != nullptr) {
+        finish(*c->reading_into, errc::connection_lost);
+        c->reading_into = nullptr;
+      }
+      cv_.notify_all();
+      return;
+    }
+    if (ec == asio::error::eof) {
+      // A clean end of stream delivers everything sent before it, but the peer's other
+      // connections may still carry messages sent earlier: the peer counts as gone only once
+      // every connection to it has ended.
+      bool last = false;
+      {
+        std::lock_guard lock(mutex_);
+        Peer& p = peers_[static_cast<std::size_t>(c->peer)];
+        auto it = std::find(p.connections.begin(), p.connections.end(), c);
+        if (it != p.connections.end()) {
+          for (Op* op : c->send_queue) finish(*op, errc::connection_lost);
+          c->send_queue.clear();
+          p.connections.erase(it);
+          std::error_code ignored;
+          c->socket.close(ignored);
+          last = p.connections.empty();
+        }
+      }
+      cv_.notify_all();
+      if (last) fail_peer(c->peer, errc::connection_lost, "it closed the connection");
+      return;
+    }
+    fail_peer(c->peer, errc::connection_lost, "the connection failed: " + ec.message());
+  }
+
+  // I/O thread: the peer is gone. Close its connections and fail everything pending on it.
+  void fail_peer(int peer, errc code, const std::string& why) {
+    std::vector<Connection*> to_close;
+    {
+      std::lock_guard lock(mutex_);
+      Peer& p = peers_[static_cast<std::size_t>(peer)];
+      if (p.status == Peer::Status::failed) return;
+      p.status = Peer::Status::failed;
+      p.failure = code;
+      p.failure_message = why;
+      log("lost rank " + std::to_string(peer) + ": " + why);
+      auto fail_all = [&](std::deque<Op*>& q) {
+        for (Op* op : q) finish(*op, code);
+        q.clear();
+      };
+      fail_all(p.waiting_sends);
+      fail_all(p.receives);
+      // Messages that arrived whole stay claimable; half-arrived ones are lost.
+      for (auto it = p.unexpected.begin(); it != p.unexpected.end();) {
+        if (it->complete) {
+          ++it;
+          continue;
+        }
+        if (it->claimed_by != nullptr) finish(*it->claimed_by, code);
+        it = p.unexpected.erase(it);
+      }
+      for (Connection* c : p.connections) {
+        fail_all(c->send_queue);
+        to_close.push_back(c);
+      }
+      p.connections.clear();
+      if (setup_pending()) setup_error_ = {code, "lost rank " + std::to_string(peer) + " during set-up: " + why};
+    }
+    cv_.notify_all();
+    for (Connection* c : to_close) {
+      std::error_code ignored;
+      c->socket.shutdown(tcp::socket::shutdown_both, ignored);
+      c->socket.close(ignored);  // pending handlers complete with operation_aborted
+    }
+  }
+
+  // ----- helpers (lock held) ------------------------------------------------------------------
+
+  bool setup_pending() const { return made_right_ < expected_right_ || made_left_ < expected_left_; }
+
+  void setup_failed(int peer, errc code, const std::string& text) {
+    {
+      std::lock_guard lock(mutex_);
+      if (setup_pending() && !setup_error_) setup_error_ = {code, text};
+    }
+    cv_.notify_all();
+    // After set-up this is an on-demand connection: its peer's operations fail with the reason.
+    if (peer >= 0) fail_peer(peer, code, text);
+  }
+
+  void finish(Op& op, std::error_code result) {
+    op.state = Op::State::done;
+    op.result = result;
+  }
+
+  Op* allocate() {
+    if (free_ == nullptr) {
+      try {
+        pool_.push_back(std::make_unique<Op[]>(64));
+      } catch (...) {
+        return nullptr;
+      }
+      for (int i = 0; i < 64; ++i) {
+        pool_.back()[i].next_free = free_;
+        free_ = &pool_.back()[i];
+      }
+    }
+    Op* op = free_;
+    free_ = op->next_free;
+    return op;
+  }
+
+  void recycle(Op* op) {
+    op->state = Op::State::free;
+    op->next_free = free_;
+    free_ = op;
+  }
+
+  void shutdown() noexcept {
+    stopping_ = true;
+    work_.reset();
+    io_.stop();
+    if (thread_.joinable()) thread_.join();
+    // The I/O thread is gone: close everything from here. Peers see end-of-stream.
+    std::error_code ignored;
+    for (auto& a : acceptors_) a->close(ignored);
+    for (auto& c : connections_) {
+      c->socket.shutdown(tcp::socket::shutdown_both, ignored);
+      c->socket.close(ignored);
+    }
+    for (int fd : config_.listening_sockets) ::close(fd);
+    config_.listening_sockets.clear();
+  }
+
+  // Declared first so that it is destroyed last, after every socket and timer that uses it.
+  asio::io_context io_;
+  TcpConfig config_;
+  int rank_;
+  int size_;
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  std::vector<Peer> peers_;
+  std::vector<std::unique_ptr<Connection>> connections_;
+  std::vector<std::unique_ptr<Op[]>> pool_;
+  Op* free_ = nullptr;
+  std::size_t expected_right_ = 0, expected_left_ = 0, made_right_ = 0, made_left_ = 0;
+  std::optional<std::pair<errc, std::string>> setup_error_;
+  std::atomic<bool> stopping_{false};
+  std::vector<std::unique_ptr<tcp::acceptor>> acceptors_;
+  asio::executor_work_guard<asio::io_context::executor_type> work_;
+  std::thread thread_;
+};
+
+}  // namespace collie::detail::tcp

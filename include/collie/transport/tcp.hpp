@@ -1,0 +1,169 @@
+// TcpTransport: ranks as processes (on one host or many) connected by TCP sockets, as in MLX's
+// ring backend, with a handshake on every connection, deadlines, and send/recv to any peer.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "collie/core/concepts.hpp"
+#include "collie/core/deadline.hpp"
+#include "collie/core/error.hpp"
+#include "collie/transport/detail/tcp/engine.hpp"
+#include "collie/transport/tcp_config.hpp"
+
+namespace collie {
+
+/// The TCP transport of one rank.
+///
+/// Connections. Rank r listens on the addresses `config.hosts[r]` (one per connection) and opens
+/// one connection to each address of its right neighbour r+1; its left neighbour does the same
+/// to it. So every ring neighbour is reached over k connections (k = addresses per rank), and
+/// with two ranks both directions are doubled. Any other peer gets one connection on demand, the
+/// first time either side posts a send or receive to the other (the lower rank connects, to the
+/// peer's first address), so `send`/`recv` work between any two ranks.
+///
+/// Every connection starts with a handshake — magic, protocol version, world size, sender and
+/// receiver rank, connection index and the job token — and a connection that does not match
+/// (another job, a mis-wired hostfile, a port scanner) is refused with an error naming both ends.
+/// Connects retry with backoff (20 ms doubling to 1 s) until `config.connect_timeout`.
+///
+/// Messages carry a 32-byte header (group context, tag, length) and go straight from the
+/// sender's buffer to the socket, and from the socket into the matching receive's buffer when it
+/// is posted first (otherwise into a temporary buffer). Messages with equal tags between two ranks
+/// arrive in order; different tags spread over the neighbour's connections. `TCP_NODELAY` is set;
+/// one I/O thread (Asio) per process moves all bytes and sleeps when idle. Single transfers may
+/// exceed 2 GiB.
+///
+/// Failures. A connection that breaks fails every pending operation on its peer with
+/// `errc::connection_lost` at once; `abort()` closes every connection so peers learn at once.
+///
+///   collie::TcpConfig config{.rank = r, .hosts = {{{"127.0.0.1", 5000}}, {{"127.0.0.1", 5001}}}};
+///   collie::Collective<collie::TcpTransport, collie::Ring> c{collie::TcpTransport::connect(config)};
+class TcpTransport {
+ public:
+  using transport_concept = transport_t;
+  static constexpr std::string_view name = "tcp";
+
+  /// A posted send or receive. Move-only; destroying a request that is still posted cancels it.
+  class Request {
+   public:
+    Request() = default;
+    Request(Request&& other) noexcept
+        : engine_(std::exchange(other.engine_, nullptr)), op_(std::exchange(other.op_, nullptr)) {}
+    Request& operator=(Request&& other) noexcept {
+      if (this != &other) {
+        release();
+        engine_ = std::exchange(other.engine_, nullptr);
+        op_ = std::exchange(other.op_, nullptr);
+      }
+      return *this;
+    }
+    ~Request() { release(); }
+
+   private:
+    friend class TcpTransport;
+    Request(detail::tcp::Engine* engine, detail::tcp::Op* op) : engine_(engine), op_(op) {}
+    void release() noexcept {
+      if (op_ != nullptr) engine_->release(op_);
+      op_ = nullptr;
+    }
+    detail::tcp::Engine* engine_ = nullptr;
+    detail::tcp::Op* op_ = nullptr;
+  };
+
+  /// Listens, connects to both ring neighbours and waits for their connections. Throws
+  /// `collie::Error` (bad_configuration, timed_out, protocol_error) naming the step, the peer
+  /// and the address.
+  static TcpTransport connect(TcpConfig config) {
+    auto engine = std::make_shared<detail::tcp::Engine>(std::move(config));
+    auto members = std::make_shared<std::vector<int>>(static_cast<std::size_t>(engine->size()));
+    for (int r = 0; r < engine->size(); ++r) (*members)[static_cast<std::size_t>(r)] = r;
+    const int rank = engine->rank();
+    return TcpTransport(std::move(engine), std::move(members), rank, 0);
+  }
+
+  /// As above; on failure returns nothing and sets `ec` (the message is in
+  /// `collie::detail::last_error_message`).
+  static std::optional<TcpTransport> connect(TcpConfig config, std::error_code& ec) noexcept {
+    try {
+      ec.clear();
+      return connect(std::move(config));
+    } catch (const Error& e) {
+      ec = e.code();
+      detail::last_error_message = e.what();
+    } catch (const std::exception& e) {
+      ec = std::make_error_code(std::errc::not_enough_memory);
+      detail::last_error_message = std::string("collie[tcp]: ") + e.what();
+    }
+    return std::nullopt;
+  }
+
+  int rank() const noexcept { return rank_; }
+  int size() const noexcept { return static_cast<int>(members_->size()); }
+
+  Request post_send(int peer, Tag tag, std::span<const std::byte> data) noexcept {
+    return Request(engine_.get(), engine_->post(true, world(peer), context_, tag, data.data(),
+                                                nullptr, data.size()));
+  }
+
+  Request post_recv(int peer, Tag tag, std::span<std::byte> data) noexcept {
+    return Request(engine_.get(), engine_->post(false, world(peer), context_, tag, nullptr,
+                                                data.data(), data.size()));
+  }
+
+  std::error_code wait(Request& request, Deadline deadline) noexcept {
+    if (request.op_ == nullptr) return errc::aborted;
+    const std::error_code ec = engine_->wait(request.op_, deadline);
+    if (ec != errc::timed_out) request.release();
+    return ec;
+  }
+
+  void cancel(Request& request) noexcept { request.release(); }
+
+  TcpTransport split(std::span<const int> members, std::uint64_t context) const {
+    auto worlds = std::make_shared<std::vector<int>>();
+    worlds->reserve(members.size());
+    int new_rank = -1;
+    for (int m : members) {
+      const int w = world(m);
+      if (w == engine_->rank()) new_rank = static_cast<int>(worlds->size());
+      worlds->push_back(w);
+    }
+    return TcpTransport(engine_, std::move(worlds), new_rank, context);
+  }
+
+  /// "rank 3 (10.0.0.4:5000)"; in a sub-group, "rank 1 (world rank 3, 10.0.0.4:5000)".
+  std::string describe_peer(int peer) const {
+    if (peer < 0 || peer >= size()) return "rank " + std::to_string(peer);
+    const int w = world(peer);
+    std::string text = "rank " + std::to_string(peer) + " (";
+    if (w != peer) text += "world rank " + std::to_string(w) + ", ";
+    return text + engine_->address_of(w) + ")";
+  }
+
+  void abort() noexcept { engine_->abort(); }
+
+  const TcpConfig& config() const noexcept { return engine_->config(); }
+
+ private:
+  TcpTransport(std::shared_ptr<detail::tcp::Engine> engine,
+               std::shared_ptr<const std::vector<int>> members, int rank, std::uint64_t context)
+      : engine_(std::move(engine)), members_(std::move(members)), rank_(rank), context_(context) {}
+
+  int world(int peer) const noexcept { return (*members_)[static_cast<std::size_t>(peer)]; }
+
+  std::shared_ptr<detail::tcp::Engine> engine_;
+  std::shared_ptr<const std::vector<int>> members_;  // group rank -> world rank
+  int rank_ = 0;
+  std::uint64_t context_ = 0;
+};
+
+}  // namespace collie

@@ -1,0 +1,242 @@
+// TcpTransport over loopback, ranks as threads of one process (the multi-process runs are in
+// tests/tcp/): collectives through Ring and Mesh, send/recv between any two ranks, the handshake
+// refusing foreign and mis-wired connections, connect deadlines, and a dead peer.
+#include "collie/transport/tcp.hpp"
+
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <asio.hpp>
+
+#include <chrono>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "collie/algorithm/mesh.hpp"
+#include "collie/algorithm/ring.hpp"
+#include "collie/core/collective.hpp"
+
+using namespace collie;
+using namespace std::chrono_literals;
+
+static_assert(Transport<TcpTransport>);
+
+namespace {
+
+// Ports the kernel says are free right now (bound to port 0, then released).
+std::vector<std::uint16_t> free_ports(std::size_t n) {
+  asio::io_context io;
+  std::vector<asio::ip::tcp::acceptor> held;
+  std::vector<std::uint16_t> ports;
+  for (std::size_t i = 0; i < n; ++i) {
+    held.emplace_back(io, asio::ip::tcp::endpoint(asio::ip::make_address("127.0.0.1"), 0));
+    ports.push_back(held.back().local_endpoint().port());
+  }
+  return ports;
+}
+
+std::vector<std::vector<Endpoint>> loopback_hosts(int ranks, int connections) {
+  const auto ports = free_ports(static_cast<std::size_t>(ranks * connections));
+  std::vector<std::vector<Endpoint>> hosts(static_cast<std::size_t>(ranks));
+  for (int r = 0; r < ranks; ++r) {
+    for (int i = 0; i < connections; ++i) {
+      hosts[static_cast<std::size_t>(r)].push_back(
+          {"127.0.0.1", ports[static_cast<std::size_t>(r * connections + i)]});
+    }
+  }
+  return hosts;
+}
+
+// Runs `fn(rank)` on one thread per rank; collects failure texts.
+struct Ranks {
+  std::mutex mutex;
+  std::vector<std::string> failures;
+  void fail(const std::string& text) {
+    std::lock_guard lock(mutex);
+    failures.push_back(text);
+  }
+  void run(int n, const std::function<void(int)>& fn) {
+    std::vector<std::thread> threads;
+    for (int r = 0; r < n; ++r) {
+      threads.emplace_back([&, r] {
+        try {
+          fn(r);
+        } catch (const std::exception& e) {
+          fail("rank " + std::to_string(r) + " threw: " + e.what());
+        }
+      });
+    }
+    for (auto& t : threads) t.join();
+    for (const auto& f : failures) FAIL_CHECK(f);
+  }
+};
+
+TcpConfig config_for(int rank, const std::vector<std::vector<Endpoint>>& hosts) {
+  TcpConfig config;
+  config.rank = rank;
+  config.hosts = hosts;
+  config.connect_timeout = 10s;
+  return config;
+}
+
+template <class Algorithm>
+void check_collectives(int p, int connections) {
+  const auto hosts = loopback_hosts(p, connections);
+  Ranks ranks;
+  ranks.run(p, [&](int r) {
+    Collective<TcpTransport, Algorithm> c(TcpTransport::connect(config_for(r, hosts)));
+    for (std::size_t count : {std::size_t{0}, std::size_t{1}, static_cast<std::size_t>(p) + 1,
+                              std::size_t{300007}}) {
+      std::vector<double> x(count, r + 1.0);
+      c.all_sum(x);
+      for (double v : x) {
+        if (v != p * (p + 1) / 2.0) {
+          ranks.fail("all_sum p=" + std::to_string(p) + " count=" + std::to_string(count));
+          break;
+        }
+      }
+      std::vector<int> gathered(count * static_cast<std::size_t>(p));
+      c.all_gather(std::vector<int>(count, r), gathered);
+      for (std::size_t i = 0; i < gathered.size(); ++i) {
+        if (gathered[i] != static_cast<int>(i / std::max<std::size_t>(count, 1))) {
+          ranks.fail("all_gather p=" + std::to_string(p));
+          break;
+        }
+      }
+    }
+    // Any pair of ranks, neighbours or not.
+    for (int from = 0; from < p; ++from) {
+      for (int to = 0; to < p; ++to) {
+        if (from == to) continue;
+        std::vector<int> message(5, from * 10 + to);
+        if (r == from) c.send(message, to);
+        if (r == to) {
+          std::vector<int> got(5);
+          c.recv(got, from);
+          if (got != message) ranks.fail("send " + std::to_string(from) + "->" + std::to_string(to));
+        }
+      }
+    }
+    auto sub = c.split(r % 2);
+    std::vector<int> one{1};
+    sub.all_sum(one);
+    if (one[0] != sub.size()) ranks.fail("split all_sum");
+    c.barrier();
+  });
+}
+
+}  // namespace
+
+TEST_CASE("ring and mesh collectives run over TCP with 1 and 2 connections per neighbour") {
+  for (int p : {2, 3, 4}) {
+    for (int k : {1, 2}) {
+      CAPTURE(p);
+      CAPTURE(k);
+      check_collectives<Ring>(p, k);
+      check_collectives<Mesh>(p, k);
+    }
+  }
+}
+
+TEST_CASE("a connection from another job is refused, and both ends say why") {
+  const auto hosts = loopback_hosts(2, 1);
+  Ranks ranks;
+  std::vector<std::string> messages(2);
+  ranks.run(2, [&](int r) {
+    auto config = config_for(r, hosts);
+    config.job_token = r == 0 ? 111 : 222;
+    config.connect_timeout = 3s;
+    std::error_code ec;
+    auto t = TcpTransport::connect(config, ec);
+    if (t) ranks.fail("rank " + std::to_string(r) + " connected despite different job tokens");
+    messages[static_cast<std::size_t>(r)] = detail::last_error_message;
+  });
+  for (const auto& m : messages) {
+    CAPTURE(m);
+    CHECK(m.find("job tokens differ") != std::string::npos);
+  }
+}
+
+TEST_CASE("a mis-wired hostfile is refused instead of hanging") {
+  // Each rank believes it is the other one's neighbour at the wrong index: rank 1's list names
+  // rank 0's port for itself, so rank 0 connects to itself and refuses.
+  auto hosts = loopback_hosts(3, 1);
+  auto wrong = hosts;
+  std::swap(wrong[1], wrong[2]);
+  Ranks ranks;
+  std::vector<std::string> messages(3);
+  ranks.run(3, [&](int r) {
+    auto config = config_for(r, r == 0 ? wrong : hosts);
+    config.connect_timeout = 3s;
+    std::error_code ec;
+    auto t = TcpTransport::connect(config, ec);
+    if (!t) {
+      messages[static_cast<std::size_t>(r)] = detail::last_error_message;
+      return;
+    }
+    // Connected on its side: stay around (and fail) so the others see the refusal, not an exit.
+    Options options;
+    options.timeout = 1s;
+    Collective<TcpTransport, Ring> c(std::move(*t), {}, options);
+    c.barrier(ec);
+    if (!ec) ranks.fail("rank " + std::to_string(r) + " passed a barrier in a mis-wired group");
+  });
+  bool named = false;
+  for (const auto& m : messages) {
+    if (m.find("wrong rank") != std::string::npos || m.find("not expected") != std::string::npos) named = true;
+  }
+  CAPTURE(messages[0]);
+  CAPTURE(messages[1]);
+  CAPTURE(messages[2]);
+  CHECK(named);
+  // Rank 0 reached rank 2's address while looking for rank 1.
+  CHECK(messages[0].find("rank 1 at " + hosts[2][0].to_string()) != std::string::npos);
+}
+
+TEST_CASE("a rank whose neighbour never starts gives up at the connect deadline, naming it") {
+  const auto hosts = loopback_hosts(2, 1);
+  auto config = config_for(0, hosts);
+  config.connect_timeout = 500ms;
+  const auto start = std::chrono::steady_clock::now();
+  std::error_code ec;
+  auto t = TcpTransport::connect(config, ec);
+  CHECK(!t);
+  CHECK(ec == errc::timed_out);
+  CHECK(std::chrono::steady_clock::now() - start < 5s);
+  const std::string& m = detail::last_error_message;
+  CAPTURE(m);
+  CHECK(m.find("rank 1") != std::string::npos);
+  CHECK(m.find(hosts[1][0].to_string()) != std::string::npos);
+}
+
+TEST_CASE("an address that is not on this host is reported with its hostfile entry") {
+  std::vector<std::vector<Endpoint>> hosts = {{{"192.0.2.1", 5000}}, {{"127.0.0.1", 5001}}};
+  std::error_code ec;
+  auto t = TcpTransport::connect(config_for(0, hosts), ec);
+  CHECK(!t);
+  CHECK(ec == errc::bad_configuration);
+  CHECK(detail::last_error_message.find("cannot listen on 192.0.2.1:5000") != std::string::npos);
+}
+
+TEST_CASE("when a peer aborts, every pending operation on it fails at once") {
+  const auto hosts = loopback_hosts(3, 1);
+  Ranks ranks;
+  ranks.run(3, [&](int r) {
+    Collective<TcpTransport, Ring> c(TcpTransport::connect(config_for(r, hosts)));
+    c.barrier();
+    if (r == 2) {
+      std::this_thread::sleep_for(100ms);
+      c.transport().abort();
+      return;
+    }
+    std::vector<float> x(1 << 20, 1.0f);
+    std::error_code ec;
+    const auto start = std::chrono::steady_clock::now();
+    c.all_sum(x, ec);
+    if (ec != errc::connection_lost) ranks.fail("rank " + std::to_string(r) + ": " + ec.message());
+    if (std::chrono::steady_clock::now() - start > 5s) ranks.fail("failure took too long");
+  });
+}
