@@ -105,8 +105,8 @@ TEST_CASE("every float16 bit pattern widens exactly and narrows back to itself")
 TEST_CASE("float16 rounds to nearest even at the halfway point") {
   auto narrow = [](float value) { return float16(value).bits(); };
   // Near 1, where the float16 step is 2^-10.
-  CHECK(narrow(1.0f + 0x1p-11f) == 0x3c00);                // tie, 1.0 is even: down
-  CHECK(narrow(1.0f + 3 * 0x1p-11f) == 0x3c02);            // tie, 0x3c01 is odd: up
+  CHECK(narrow(1.0f + 0x1p-11f) == 0x3c00);                        // tie, 1.0 is even: down
+  CHECK(narrow(1.0f + 3 * 0x1p-11f) == 0x3c02);                    // tie, 0x3c01 is odd: up
   CHECK(narrow(std::nextafter(1.0f + 0x1p-11f, 2.0f)) == 0x3c01);  // just above the tie: up
   CHECK(narrow(std::nextafter(1.0f + 3 * 0x1p-11f, 0.0f)) == 0x3c01);
   CHECK(narrow(-(1.0f + 0x1p-11f)) == 0xbc00);
@@ -172,8 +172,8 @@ TEST_CASE("float16 narrowing matches a slow reference on millions of floats") {
   for (std::size_t i = 0; i < 0x7c00; ++i) {
     const auto value = static_cast<float>(v[i]);
     const auto midpoint = static_cast<float>((v[i] + v[i + 1]) / 2);  // exact: 12 bits
-    for (float x : {value, midpoint, std::nextafter(midpoint, 0.0f),
-                    std::nextafter(midpoint, 1e9f), std::nextafter(value, 1e9f)}) {
+    for (float x : {value, midpoint, std::nextafter(midpoint, 0.0f), std::nextafter(midpoint, 1e9f),
+                    std::nextafter(value, 1e9f)}) {
       inputs.push_back(x);
       inputs.push_back(-x);
     }
@@ -186,7 +186,9 @@ TEST_CASE("float16 narrowing matches a slow reference on millions of floats") {
     inputs.push_back(float_from(bits));
   }
   // Random bit patterns: anything at all, including float subnormals, Inf and NaN.
-  for (int i = 0; i < 1'000'000; ++i) inputs.push_back(float_from(static_cast<std::uint32_t>(random())));
+  for (int i = 0; i < 1'000'000; ++i) {
+    inputs.push_back(float_from(static_cast<std::uint32_t>(random())));
+  }
 
   std::size_t compared = 0;
   for (float x : inputs) {
@@ -259,10 +261,11 @@ TEST_CASE("float16 converts doubles and integers with a single rounding") {
   for (int i = 0; i < 1'000'000; ++i) {
     // Doubles close to float16 midpoints, where double rounding would show.
     const auto half_bits = static_cast<std::uint16_t>(random() % 0x7c00);
-    const double midpoint =
-        (reference_value(half_bits) + reference_value(static_cast<std::uint16_t>(half_bits + 1))) / 2;
-    const double offset = std::ldexp(static_cast<double>(static_cast<std::int64_t>(random() % 2001) - 1000),
-                                     static_cast<int>(random() % 40) - 80);
+    const auto next_bits = static_cast<std::uint16_t>(half_bits + 1);
+    const double midpoint = (reference_value(half_bits) + reference_value(next_bits)) / 2;
+    const auto steps = static_cast<std::int64_t>(random() % 2001) - 1000;
+    const double offset =
+        std::ldexp(static_cast<double>(steps), static_cast<int>(random() % 40) - 80);
     const double x = (midpoint + offset) * ((random() & 1) ? 1.0 : -1.0);
     REQUIRE(float16(x).bits() == std::bit_cast<std::uint16_t>(static_cast<_Float16>(x)));
   }

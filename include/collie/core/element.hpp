@@ -20,6 +20,11 @@ template <class... T>
 struct TypeList {};
 
 /// Every element type, in `DataType` order: `data_type_v<T>` is T's index in this list.
+/// To run something for each of them:
+///
+///   template <class... T>
+///   void check_all(collie::detail::TypeList<T...>) { (check<T>(), ...); }
+///   check_all(collie::detail::ElementTypes{});
 using ElementTypes =
     TypeList<bool, std::int8_t, std::int16_t, std::int32_t, std::int64_t, std::uint8_t,
              std::uint16_t, std::uint32_t, std::uint64_t, float16, bfloat16, float, double,
@@ -52,6 +57,13 @@ inline constexpr std::size_t type_list_size_v<TypeList<Types...>> = sizeof...(Ty
 ///   bool, int8_t, int16_t, int32_t, int64_t, uint8_t, uint16_t, uint32_t, uint64_t,
 ///   collie::float16, collie::bfloat16, float, double, std::complex<float>
 ///
+/// Every operation that takes typed buffers is constrained on it, so a buffer of another type
+/// is a compile error that names this concept, not a failure deep inside a kernel:
+///
+///   template <collie::Element T>
+///   void all_sum(std::span<T> data);
+///   static_assert(collie::Element<collie::bfloat16> && !collie::Element<long double>);
+///
 /// The match is exact: `char`, `long long` (where int64_t is `long`), `long double`,
 /// `std::complex<double>` and cv-qualified types are not elements. A new element type would
 /// need a reduction in every op (ops.hpp), a `DataType` value and a mapping in every native
@@ -63,6 +75,14 @@ concept Element =
 /// The element type as a run-time tag, in the order of `detail::ElementTypes`. It travels where
 /// a template parameter cannot: to MPI datatypes and NCCL enums, into benchmark output, and
 /// into a connection handshake that checks both ends agree. One byte, so it fits any header.
+///
+/// The numeric values are part of the wire format (peers compare them), so they never change:
+/// a new type is appended at the end, and peers built with different versions then disagree
+/// loudly instead of misreading each other's data.
+///
+///   collie::DataType type = collie::data_type_v<float>;   // DataType::float32
+///   std::size_t bytes = count * collie::size_of(type);    // 4 * count
+///   std::string_view label = collie::name(type);          // "float32"
 enum class DataType : std::uint8_t {
   bool_,      ///< bool, one byte holding 0 or 1
   int8,
@@ -86,8 +106,9 @@ inline constexpr DataType data_type_v =
     static_cast<DataType>(detail::type_index_v<T, detail::ElementTypes>);
 
 /// The conventional name of a data type, as nccl-tests and MLX print it: "bool", "int8", ...,
-/// "uint64", "float16", "bfloat16", "float32", "float64", "complex64". An out-of-range value
-/// gives "unknown".
+/// "uint64", "float16", "bfloat16", "float32", "float64", "complex64". Benchmarks print it in
+/// their `type` column and command-line tools accept it; an out-of-range value gives
+/// "unknown". Names are distinct, so a name identifies its type.
 constexpr std::string_view name(DataType type) noexcept {
   switch (type) {
     case DataType::bool_: return "bool";
@@ -109,6 +130,8 @@ constexpr std::string_view name(DataType type) noexcept {
 }
 
 /// Bytes per element of a data type (`sizeof` of its C++ type); 0 for an out-of-range value.
+/// This is how type-erased code (algorithms, transports) turns element counts into byte counts
+/// and checks that a byte length holds a whole number of elements.
 constexpr std::size_t size_of(DataType type) noexcept {
   switch (type) {
     case DataType::bool_:

@@ -12,15 +12,16 @@
 namespace collie {
 namespace detail {
 
-/// All ones when a < b, else 0, for a and b below 2^31.
+/// All ones when `condition` holds, else 0.
 ///
-/// The conversions below select with masks like this one instead of `?:` around their float
-/// additions. With `?:` GCC threads the branches, sees that one arm adds a constant 0, and
-/// moves the float operation into the other arm; under the default -ftrapping-math it will not
-/// speculate it back out, so control flow stays in the loop and vectorization fails. A float
-/// operation that every path needs stays put.
-constexpr std::uint32_t all_ones_if_less(std::uint32_t a, std::uint32_t b) noexcept {
-  return 0u - ((a - b) >> 31);
+/// The conversions below blend their candidates with masks like this one rather than with
+/// `?:`, and never let a select pick the result of a float operation. With `?:` GCC threads
+/// the branches, finds that a float operation only matters on one path, and moves it into that
+/// branch; under the default -ftrapping-math it will not speculate it back out, so control flow
+/// stays in the loop and it is not vectorized. A float operation whose result every path uses
+/// stays put.
+constexpr std::uint32_t mask_if(bool condition) noexcept {
+  return 0u - static_cast<std::uint32_t>(condition);
 }
 
 /// Bits of the binary16 value nearest to `value`, ties to even.
@@ -40,54 +41,55 @@ constexpr std::uint16_t float_to_half_bits(float value) noexcept {
   const std::uint32_t bits = std::bit_cast<std::uint32_t>(value);
   const std::uint32_t sign = (bits >> 16) & 0x8000u;
   const std::uint32_t magnitude = bits & 0x7fff'ffffu;
+  // Below 2^31, so signed comparisons (one SSE2 instruction each) give the unsigned order.
+  const auto ordered = static_cast<std::int32_t>(magnitude);
+  const std::uint32_t small_mask = mask_if(ordered < 0x3880'0000);      // |value| < 2^-14
+  const std::uint32_t overflow_mask = mask_if(ordered >= 0x4780'0000);  // 2^16 and up, Inf, NaN
+  const std::uint32_t nan_mask = mask_if(ordered > 0x7f80'0000);
 
-  // Subnormal result (|value| < 2^-14): in 0.5f + x the unit in the last place is 2^-24, the
-  // half subnormal step, so the FPU's own round-to-nearest-even does the rounding and the low
-  // bits of the sum are the half mantissa (1024 = 0x400 means "rounded up to 2^-14", which is
-  // exactly the encoding of the smallest normal). Other inputs are masked to 0 beforehand, so
-  // no Inf or NaN ever enters the addition, and the sum then contributes exactly 0.
-  const std::uint32_t small_mask = all_ones_if_less(magnitude, 0x3880'0000u);
+  // Subnormal result: in 0.5f + x the unit in the last place is 2^-24, the half subnormal step,
+  // so the FPU's own round-to-nearest-even does the rounding and the low bits of the sum are
+  // the half mantissa (1024 = 0x400 means "rounded up to 2^-14", which is exactly the encoding
+  // of the smallest normal). Other inputs are masked to 0 first, so no Inf or NaN ever enters
+  // the addition, and the sum then contributes exactly 0 to the result.
   const float small = std::bit_cast<float>(magnitude & small_mask);
   const std::uint32_t subnormal = std::bit_cast<std::uint32_t>(small + 0.5f) - 0x3f00'0000u;
 
-  // Normal result (|value| >= 2^-14): rebias the exponent from 127 to 15, then round at bit 13.
-  // Adding 0xfff plus the lowest kept bit rounds to nearest with ties to even; a carry out of
-  // the mantissa correctly bumps the exponent, up to 0x7c00 (Inf) from 65520 on.
-  const std::uint32_t normal =
-      (magnitude - 0x3800'0000u + 0x0fffu + ((magnitude >> 13) & 1u)) >> 13;
-  const std::uint32_t quiet_nan = 0x7e00u | ((magnitude >> 13) & 0x03ffu);
+  // Normal result: rebias the exponent from 127 to 15, then round at bit 13. Adding 0xfff plus
+  // the lowest kept bit rounds to nearest with ties to even; a carry out of the mantissa
+  // correctly bumps the exponent, up to 0x7c00 (Inf) from 65520 on. From 2^16 up the result is
+  // Inf, and a NaN adds the quiet bit and its payload to it.
+  std::uint32_t normal = (magnitude - 0x3800'0000u + 0x0fffu + ((magnitude >> 13) & 1u)) >> 13;
+  normal = (normal & ~overflow_mask) | (0x7c00u & overflow_mask) |
+           (nan_mask & (0x0200u | ((magnitude >> 13) & 0x03ffu)));
 
-  std::uint32_t large = magnitude >= 0x4780'0000u ? 0x7c00u : normal;  // |value| >= 2^16, Inf
-  large = magnitude > 0x7f80'0000u ? quiet_nan : large;
-  return static_cast<std::uint16_t>(subnormal | (large & ~small_mask) | sign);
+  return static_cast<std::uint16_t>(subnormal | (normal & ~small_mask) | sign);
 }
 
 /// The `float` equal to the binary16 value `bits` (exact: every binary16 value is a float).
 /// A NaN keeps its sign and payload and comes out quiet.
 constexpr float half_bits_to_float(std::uint16_t bits) noexcept {
   const std::uint32_t sign = (std::uint32_t{bits} & 0x8000u) << 16;
-  // Exponent and mantissa moved to their float positions; the exponent is still biased by 15.
-  const std::uint32_t shifted = (std::uint32_t{bits} & 0x7fffu) << 13;
-  const std::uint32_t exponent = shifted & 0x0f80'0000u;
-  const std::uint32_t subnormal_mask = all_ones_if_less(exponent, 0x0080'0000u);
-  const std::uint32_t special_mask = ~all_ones_if_less(exponent, 0x0f80'0000u);  // Inf or NaN
+  const auto magnitude = static_cast<std::int32_t>(bits & 0x7fffu);
+  const std::uint32_t subnormal_mask = mask_if(magnitude < 0x0400);  // exponent 0
+  const std::uint32_t special_mask = mask_if(magnitude > 0x7bff);    // exponent 31: Inf, NaN
+  const std::uint32_t nan_mask = mask_if(magnitude > 0x7c00);
 
-  // One float subtraction serves normals and subnormals:
-  // - normal: rebias the exponent from 15 to 127 and subtract 0;
-  // - subnormal (value = mantissa * 2^-24): build 2^-14 * (1 + mantissa/1024) and subtract
-  //   2^-14. The subtraction is exact (Sterbenz) and both operands are normal floats, so
-  //   flush-to-zero modes cannot disturb it;
-  // - Inf/NaN: compute 0 - 0 and supply all bits through `special` below, so that constant
-  //   evaluation never sees NaN arithmetic.
-  const std::uint32_t rebias = 0x3800'0000u + (subnormal_mask & 0x0080'0000u);
-  const float minuend = std::bit_cast<float>((shifted + rebias) & ~special_mask);
-  const float subtrahend = std::bit_cast<float>(subnormal_mask & 0x3880'0000u);  // 2^-14 or 0
-  const std::uint32_t finite = std::bit_cast<std::uint32_t>(minuend - subtrahend);
+  // Normal, Inf and NaN: move exponent and mantissa to their float positions and rebias the
+  // exponent from 15 to 127 (exponent 31 goes to 255 with a second 112), setting the float
+  // quiet bit for a NaN.
+  std::uint32_t other = (static_cast<std::uint32_t>(magnitude) << 13) + 0x3800'0000u;
+  other += special_mask & 0x3800'0000u;
+  other = (other | (nan_mask & 0x0040'0000u)) & ~subnormal_mask;
 
-  // Exponent 255 with the payload; a NaN (non-zero payload) gets the float quiet bit.
-  const std::uint32_t special =
-      shifted > 0x0f80'0000u ? (shifted | 0x7fc0'0000u) : 0x7f80'0000u;
-  return std::bit_cast<float>(finite | (special & special_mask) | sign);
+  // Subnormal (and zero): mantissa * 2^-24, exact in float. The conversion (from a signed int:
+  // SSE2 has no unsigned one) and the product are exact and produce normal floats only, so
+  // flush-to-zero modes cannot disturb them; other inputs are masked to 0 first and contribute
+  // +0.
+  const float subnormal =
+      static_cast<float>(magnitude & static_cast<std::int32_t>(subnormal_mask)) * 0x1p-24f;
+
+  return std::bit_cast<float>(std::bit_cast<std::uint32_t>(subnormal) | other | sign);
 }
 
 /// `value` rounded to float with round-to-odd: an inexact result gets its last mantissa bit set.
@@ -110,7 +112,8 @@ constexpr float round_to_odd_float(double value) noexcept {
   if (static_cast<double>(nearest) != value && (bits & 1u) == 0) {
     // Inexact and even: the odd neighbour on the far side of `value` is one step away in
     // magnitude. Stepping the bits keeps the sign, also from ±0 to ±denorm_min.
-    const double nearest_magnitude = nearest < 0 ? -static_cast<double>(nearest) : nearest;
+    const double widened = static_cast<double>(nearest);
+    const double nearest_magnitude = widened < 0 ? -widened : widened;
     bits = nearest_magnitude > magnitude ? bits - 1u : bits + 1u;
   }
   return std::bit_cast<float>(bits);
@@ -126,7 +129,8 @@ constexpr double round_to_odd_double(I value) noexcept {
     const bool negative = value < I{0};
     std::uint64_t magnitude = negative ? std::uint64_t{0} - static_cast<std::uint64_t>(value)
                                        : static_cast<std::uint64_t>(value);
-    const int extra = std::bit_width(magnitude) - std::numeric_limits<double>::digits;
+    const int extra =
+        static_cast<int>(std::bit_width(magnitude)) - std::numeric_limits<double>::digits;
     if (extra > 0) {
       const std::uint64_t dropped = magnitude & ((std::uint64_t{1} << extra) - 1u);
       magnitude = ((magnitude >> extra) | (dropped != 0 ? 1u : 0u)) << extra;
@@ -153,9 +157,9 @@ constexpr double round_to_odd_double(I value) noexcept {
 /// - from `double` and integers: explicit, also correctly rounded (one rounding, via
 ///   round-to-odd). Copy-initialisation from a double (`float16 h = 0.1;`) uses the implicit
 ///   float constructor instead and rounds twice (double -> float -> half), which can differ in
-///   the last bit for doubles within 2^-25 relative of a half midpoint; write `float16(d)` or
-///   `float16{d}` when that matters. From integers both paths agree: every integer a float16
-///   can hold is exact in float.
+///   the last bit when the double lies within half a float ulp of the midpoint between two
+///   float16 values; write `float16(d)` or `float16{d}` when that matters. For integers both
+///   paths agree: integers are exact in float up to 2^24, and from 65520 on both give Inf.
 /// - to `float`: implicit and exact; a NaN keeps its payload and comes out quiet.
 ///
 ///   collie::float16 h = 1.5f;            // bits 0x3e00

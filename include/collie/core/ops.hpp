@@ -99,6 +99,15 @@ constexpr std::complex<float> complex_min(std::complex<float> a, std::complex<fl
 
 }  // namespace detail
 
+// The built-in ops are empty, constexpr function objects, usable anywhere a functor is:
+//
+//   collie::Max{}(2.0f, 3.0f) == 3.0f
+//   std::accumulate(v.begin(), v.end(), 0, collie::Sum{})   // wrapping int sum
+//   group.all_reduce(data, collie::Prod{});                 // same as all_prod(data)
+//
+// Each is defined for every `Element` and nothing else, so a call on another type fails at the
+// call, not inside a kernel.
+
 /// Addition.
 /// - integers: wraps modulo 2^N, signed types included (no undefined behaviour);
 /// - bool: logical OR;
@@ -229,6 +238,14 @@ inline constexpr bool is_builtin_op_v =
 
 /// The reduction as a run-time tag, for backends with native collectives: a built-in maps onto
 /// `MPI_SUM`/`ncclSum` and friends; `custom` must be run by collie's own kernels.
+///
+/// Notes for a native mapping:
+/// - bool: sum/max are `MPI_LOR`, prod/min `MPI_LAND`. NCCL has no logical ops, but bools are
+///   bytes holding 0 or 1, so `ncclUint8` with `ncclMax` (or) and `ncclMin` (and) is exact.
+/// - float16/bfloat16: MPI has no such datatypes; they need a user-defined MPI_Op (calling the
+///   kernels in reduce.hpp) or collie's own algorithms.
+/// - Native libraries may not share collie's NaN and signed-zero rules for max/min, nor its
+///   single rounding of 16-bit sums; a backend that forwards to them says so in its docs.
 enum class ReduceKind : std::uint8_t { sum, prod, max, min, custom };
 
 /// The `ReduceKind` of Op: `custom` for anything but the four built-ins.
