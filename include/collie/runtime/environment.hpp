@@ -1,0 +1,526 @@
+// Reads collie's configuration from environment variables: the MLX_* names that mlx.launch and
+// the MLX docs use, their COLLIE_* spellings, and the rank/size/coordinator variables that
+// schedulers (torchrun, Open MPI, MPICH/PMI, Slurm) set, with a clear error for each bad value.
+#pragma once
+
+#include <array>
+#include <charconv>
+#include <chrono>
+#include <cstdint>
+#include <cstdlib>
+#include <new>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <system_error>
+#include <utility>
+
+#include "collie/core/error.hpp"
+#include "collie/runtime/hostfile.hpp"
+#include "collie/transport/tcp_config.hpp"
+
+namespace collie {
+
+namespace detail {
+
+/// A variable that is set: the exact name found (e.g. "COLLIE_RANK" or "MLX_RANK", so messages
+/// name what the user actually wrote) and its value.
+struct EnvVariable {
+  std::string name;
+  std::string value;
+};
+
+/// The variable `full_name`, spelled exactly so. An empty value counts as unset, so
+/// `export MLX_RANK=` switches a variable off the way shells users expect.
+inline std::optional<EnvVariable> env_exact(std::string_view full_name) {
+  const std::string name(full_name);
+  const char* value = std::getenv(name.c_str());
+  if (value == nullptr || *value == '\0') return std::nullopt;
+  return EnvVariable{name, value};
+}
+
+/// collie's variable `<NAME>`: `COLLIE_<NAME>` when set, else `MLX_<NAME>` (COLLIE wins when both
+/// are set), else nothing. `env("RANK")` reads COLLIE_RANK or MLX_RANK.
+inline std::optional<EnvVariable> env(std::string_view name) {
+  if (auto collie = env_exact("COLLIE_" + std::string(name))) return collie;
+  return env_exact("MLX_" + std::string(name));
+}
+
+/// "MLX_RANK (or COLLIE_RANK)": how messages name a variable nobody set.
+inline std::string env_names(std::string_view name) {
+  return "MLX_" + std::string(name) + " (or COLLIE_" + std::string(name) + ")";
+}
+
+/// The value without surrounding white space: "$(cat rank.txt)" and hand-edited files often
+/// carry a stray newline or space, which is never meaningful in a number.
+inline std::string_view trim_space(std::string_view text) {
+  const auto is_space = [](char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; };
+  while (!text.empty() && is_space(text.front())) text.remove_prefix(1);
+  while (!text.empty() && is_space(text.back())) text.remove_suffix(1);
+  return text;
+}
+
+/// A decimal integer, optionally signed; nothing for anything else (including trailing text).
+inline std::optional<std::int64_t> parse_decimal(std::string_view text) {
+  text = trim_space(text);
+  if (!text.empty() && text.front() == '+') text.remove_prefix(1);
+  if (text.empty()) return std::nullopt;
+  std::int64_t value = 0;
+  const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), value);
+  if (err != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+/// An unsigned 64-bit number, decimal or hexadecimal with a 0x prefix (job tokens are often
+/// printed in hex).
+inline std::optional<std::uint64_t> parse_u64(std::string_view text) {
+  text = trim_space(text);
+  int base = 10;
+  if (text.size() > 2 && text[0] == '0' && (text[1] == 'x' || text[1] == 'X')) {
+    text.remove_prefix(2);
+    base = 16;
+  }
+  if (text.empty()) return std::nullopt;
+  std::uint64_t value = 0;
+  const auto [end, err] = std::from_chars(text.data(), text.data() + text.size(), value, base);
+  if (err != std::errc() || end != text.data() + text.size()) return std::nullopt;
+  return value;
+}
+
+/// Whether a verbosity variable's value means "on": anything but "0" (and unset/empty).
+inline bool is_verbose_value(std::string_view text) {
+  text = trim_space(text);
+  return !text.empty() && text != "0";
+}
+
+/// The value of a rank variable, checked against the world size when it is known (`size > 0`).
+/// Message: `collie: MLX_RANK=abc is not a rank; set it to an integer in [0, 4)`.
+inline std::optional<int> parse_rank(const EnvVariable& variable, int size, std::error_code& ec) {
+  ec.clear();
+  const std::string range = size > 0 ? "an integer in [0, " + std::to_string(size) + ")"
+                                     : "a non-negative integer (0 for the first process)";
+  const auto value = parse_decimal(variable.value);
+  if (!value) {
+    report_config_error(
+        ec, errc::bad_configuration,
+        "collie: " + variable.name + "=" + variable.value + " is not a rank; set it to " + range);
+    return std::nullopt;
+  }
+  if (*value < 0 || (size > 0 && *value >= size) || *value > 1'000'000'000) {
+    report_config_error(
+        ec, errc::bad_configuration,
+        "collie: " + variable.name + "=" + variable.value + " is out of range; set it to " + range);
+    return std::nullopt;
+  }
+  return static_cast<int>(*value);
+}
+
+/// The value of a world-size variable: a positive integer.
+inline std::optional<int> parse_world_size(const EnvVariable& variable, std::error_code& ec) {
+  ec.clear();
+  const auto value = parse_decimal(variable.value);
+  if (!value || *value < 1 || *value > 1'000'000'000) {
+    report_config_error(ec, errc::bad_configuration,
+                        "collie: " + variable.name + "=" + variable.value +
+                            " is not a world size; set it to the number of processes, a positive "
+                            "integer");
+    return std::nullopt;
+  }
+  return static_cast<int>(*value);
+}
+
+/// The largest timeout accepted, about 115 days: far beyond any real wait, small enough that
+/// adding it to a clock reading can never overflow.
+inline constexpr std::int64_t max_timeout_ms = 10'000'000'000;
+
+/// A timeout in milliseconds, 1..max_timeout_ms.
+inline std::optional<std::chrono::milliseconds> parse_timeout_ms(const EnvVariable& variable,
+                                                                 std::chrono::milliseconds fallback,
+                                                                 std::error_code& ec) {
+  ec.clear();
+  const auto value = parse_decimal(variable.value);
+  if (!value || *value < 1 || *value > max_timeout_ms) {
+    report_config_error(ec, errc::bad_configuration,
+                        "collie: " + variable.name + "=" + variable.value +
+                            " is not a timeout; set it to a whole number of milliseconds, 1.." +
+                            std::to_string(max_timeout_ms) + " (default " +
+                            std::to_string(fallback.count()) + ")");
+    return std::nullopt;
+  }
+  return std::chrono::milliseconds(*value);
+}
+
+/// Fills the deadlines, the job token and verbosity of `config` from the environment; leaves a
+/// field as it is when its variable is unset:
+///
+/// | variable (COLLIE_ or MLX_)                | field             | default |
+/// |-------------------------------------------|-------------------|---------|
+/// | `COLLIE_TIMEOUT_MS`                       | `timeout`         | 60000   |
+/// | `COLLIE_CONNECT_TIMEOUT_MS`               | `connect_timeout` | 60000   |
+/// | `COLLIE_JOB_TOKEN` (decimal or 0x hex)    | `job_token`       | 0       |
+/// | `COLLIE_RING_VERBOSE` / `MLX_RING_VERBOSE`| `verbose`         | off     |
+///
+/// Verbosity is on for any non-empty value but "0". Errors: `errc::bad_configuration` naming the
+/// variable and its value; `config` may then be partly filled.
+inline void timeouts_from_environment(TcpConfig& config, std::error_code& ec) noexcept {
+  ec.clear();
+  try {
+    if (auto variable = env("TIMEOUT_MS")) {
+      auto value = parse_timeout_ms(*variable, std::chrono::seconds(60), ec);
+      if (!value) return;
+      config.timeout = *value;
+    }
+    if (auto variable = env("CONNECT_TIMEOUT_MS")) {
+      auto value = parse_timeout_ms(*variable, std::chrono::seconds(60), ec);
+      if (!value) return;
+      config.connect_timeout = *value;
+    }
+    if (auto variable = env("JOB_TOKEN")) {
+      auto value = parse_u64(variable->value);
+      if (!value) {
+        report_config_error(ec, errc::bad_configuration,
+                            "collie: " + variable->name + "=" + variable->value +
+                                " is not a job token; set it to an unsigned 64-bit number, "
+                                "decimal or 0x hex, the same on every rank");
+        return;
+      }
+      config.job_token = *value;
+    }
+    if (auto variable = env("RING_VERBOSE")) config.verbose = is_verbose_value(variable->value);
+  } catch (const std::bad_alloc&) {
+    report_config_error(ec, std::make_error_code(std::errc::not_enough_memory),
+                        "collie: out of memory reading the environment");
+  }
+}
+
+inline void timeouts_from_environment(TcpConfig& config) {
+  std::error_code ec;
+  timeouts_from_environment(config, ec);
+  if (ec) throw Error(ec, last_error_message);
+}
+
+/// A rank and world size, and the scheduler family they came from ("torchrun (RANK,
+/// WORLD_SIZE)", ...), for messages.
+struct RankAndSize {
+  int rank = 0;
+  int size = 1;
+  std::string source;
+};
+
+/// One scheduler's pair of variables (and fallbacks for the size, tried in order).
+struct SchedulerFamily {
+  std::string_view label;
+  std::string_view rank;
+  std::array<std::string_view, 3> sizes;  // the first that is set wins; "" = none
+};
+
+/// The families `scheduler_rank_and_size` reads, in order. PMIX_RANK is deliberately absent:
+/// PMIx has no standard size variable, and every launcher that sets it (Open MPI, Slurm) also
+/// sets one of the complete families below.
+inline constexpr std::array<SchedulerFamily, 4> scheduler_families = {{
+    {"torchrun", "RANK", {"WORLD_SIZE", "", ""}},
+    {"Open MPI", "OMPI_COMM_WORLD_RANK", {"OMPI_COMM_WORLD_SIZE", "", ""}},
+    {"PMI (MPICH, Intel MPI)", "PMI_RANK", {"PMI_SIZE", "", ""}},
+    // Inside an srun step SLURM_STEP_NUM_TASKS is the step's size, which may be smaller than the
+    // job's SLURM_NTASKS; SLURM_NPROCS is the old name.
+    {"Slurm", "SLURM_PROCID", {"SLURM_STEP_NUM_TASKS", "SLURM_NTASKS", "SLURM_NPROCS"}},
+}};
+
+/// Rank and world size for a coordinator rendezvous, from the first family that sets either
+/// variable, in this order:
+///
+/// 1. collie's own: `COLLIE_RANK`/`MLX_RANK` with `COLLIE_WORLD_SIZE`/`MLX_WORLD_SIZE`;
+/// 2. torchrun: `RANK`, `WORLD_SIZE`;
+/// 3. Open MPI (`mpirun`): `OMPI_COMM_WORLD_RANK`, `OMPI_COMM_WORLD_SIZE`;
+/// 4. PMI (MPICH/Hydra, Intel MPI, Slurm's PMI2): `PMI_RANK`, `PMI_SIZE`;
+/// 5. Slurm (`srun`): `SLURM_PROCID`, `SLURM_STEP_NUM_TASKS` (else `SLURM_NTASKS`, `SLURM_NPROCS`).
+///
+/// Rank and size always come from one family, never mixed: a family with one variable but not
+/// the other is an error (`errc::bad_configuration`, naming the missing variable), as is a rank
+/// outside [0, size). When no family is present: nothing, with `errc::not_configured`.
+inline std::optional<RankAndSize> scheduler_rank_and_size(std::error_code& ec) noexcept {
+  ec.clear();
+  try {
+    // Reads one family; nothing with ec clear when it is absent altogether.
+    const auto read = [&ec](std::string_view label, std::optional<EnvVariable> rank,
+                            std::optional<EnvVariable> size, std::string rank_names,
+                            std::string size_names) -> std::optional<RankAndSize> {
+      if (!rank && !size) return std::nullopt;
+      if (!size) {
+        report_config_error(ec, errc::bad_configuration,
+                            "collie: " + rank->name + " is set but " + size_names +
+                                " is not; set " + size_names +
+                                " to the number of processes (rank and world size must come "
+                                "from one source, here " +
+                                std::string(label) + ")");
+        return std::nullopt;
+      }
+      if (!rank) {
+        report_config_error(ec, errc::bad_configuration,
+                            "collie: " + size->name + " is set but " + rank_names +
+                                " is not; set " + rank_names +
+                                " to this process's rank (rank and world size must come from "
+                                "one source, here " +
+                                std::string(label) + ")");
+        return std::nullopt;
+      }
+      const auto world = parse_world_size(*size, ec);
+      if (!world) return std::nullopt;
+      const auto value = parse_rank(*rank, *world, ec);
+      if (!value) {
+        last_error_message += " (" + size->name + "=" + size->value + ")";
+        return std::nullopt;
+      }
+      return RankAndSize{*value, *world,
+                         std::string(label) + " (" + rank->name + ", " + size->name + ")"};
+    };
+
+    if (auto found = read("collie's own variables", env("RANK"), env("WORLD_SIZE"),
+                          env_names("RANK"), env_names("WORLD_SIZE"));
+        found || ec) {
+      return found;
+    }
+    for (const auto& family : scheduler_families) {
+      std::optional<EnvVariable> size;
+      std::string size_names;
+      for (auto name : family.sizes) {
+        if (name.empty()) continue;
+        size_names += (size_names.empty() ? "" : " or ") + std::string(name);
+        if (!size) size = env_exact(name);
+      }
+      if (auto found = read(family.label, env_exact(family.rank), std::move(size),
+                            std::string(family.rank), size_names);
+          found || ec) {
+        return found;
+      }
+    }
+    report_config_error(ec, errc::not_configured,
+                        "collie: no rank and world size in the environment; set MLX_RANK and "
+                        "MLX_WORLD_SIZE (or COLLIE_RANK and COLLIE_WORLD_SIZE), or start the "
+                        "processes with torchrun (RANK, WORLD_SIZE), mpirun "
+                        "(OMPI_COMM_WORLD_RANK/SIZE, PMI_RANK/SIZE) or srun (SLURM_PROCID, "
+                        "SLURM_NTASKS)");
+    return std::nullopt;
+  } catch (const std::bad_alloc&) {
+    report_config_error(ec, std::make_error_code(std::errc::not_enough_memory),
+                        "collie: out of memory reading the environment");
+    return std::nullopt;
+  }
+}
+
+inline RankAndSize scheduler_rank_and_size() {
+  std::error_code ec;
+  auto found = scheduler_rank_and_size(ec);
+  if (!found) throw Error(ec, last_error_message);
+  return std::move(*found);
+}
+
+/// The rendezvous coordinator (rank 0's "ip:port"): `COLLIE_COORDINATOR` (or
+/// `MLX_COORDINATOR`), else torchrun's `MASTER_ADDR` with `MASTER_PORT` (an IPv6 MASTER_ADDR may
+/// be written with or without brackets).
+///
+/// Errors: `errc::not_configured` when neither is set; `errc::bad_configuration` for a malformed
+/// value, or MASTER_ADDR without MASTER_PORT (or the reverse), naming the variable.
+inline std::optional<Endpoint> coordinator_from_environment(std::error_code& ec) noexcept {
+  ec.clear();
+  try {
+    if (auto variable = env("COORDINATOR")) {
+      Endpoint endpoint;
+      const auto text = trim_space(variable->value);
+      if (auto problem = endpoint_problem(text, endpoint); !problem.empty()) {
+        report_config_error(ec, errc::bad_configuration,
+                            "collie: " + variable->name + "=" + variable->value + ": " + problem +
+                                "; set it to rank 0's ip:port, e.g. 10.0.0.1:29500");
+        return std::nullopt;
+      }
+      return endpoint;
+    }
+    auto address = env_exact("MASTER_ADDR");
+    auto port = env_exact("MASTER_PORT");
+    if (!address && !port) {
+      report_config_error(ec, errc::not_configured,
+                          "collie: no rendezvous coordinator in the environment; set "
+                          "COLLIE_COORDINATOR to rank 0's ip:port (e.g. 10.0.0.1:29500), or "
+                          "MASTER_ADDR and MASTER_PORT as torchrun does");
+      return std::nullopt;
+    }
+    if (!port || !address) {
+      const auto& present = port ? *port : *address;
+      report_config_error(ec, errc::bad_configuration,
+                          "collie: " + present.name + " is set but " +
+                              (port ? "MASTER_ADDR" : "MASTER_PORT") +
+                              " is not; set both (rank 0's address and a free port), or "
+                              "COLLIE_COORDINATOR=ip:port instead");
+      return std::nullopt;
+    }
+    std::string host(trim_space(address->value));
+    if (host.size() > 2 && host.front() == '[' && host.back() == ']') {
+      host = host.substr(1, host.size() - 2);
+    }
+    // Reassemble "host:port" so one parser checks both halves with the usual messages.
+    const bool v6 = host.find(':') != std::string::npos;
+    const std::string text =
+        (v6 ? "[" + host + "]" : host) + ":" + std::string(trim_space(port->value));
+    Endpoint endpoint;
+    if (auto problem = endpoint_problem(text, endpoint); !problem.empty()) {
+      report_config_error(ec, errc::bad_configuration,
+                          "collie: MASTER_ADDR=" + address->value + ", MASTER_PORT=" + port->value +
+                              ": " + problem +
+                              "; set MASTER_ADDR to rank 0's address and MASTER_PORT to 1..65535");
+      return std::nullopt;
+    }
+    return endpoint;
+  } catch (const std::bad_alloc&) {
+    report_config_error(ec, std::make_error_code(std::errc::not_enough_memory),
+                        "collie: out of memory reading the environment");
+    return std::nullopt;
+  }
+}
+
+inline Endpoint coordinator_from_environment() {
+  std::error_code ec;
+  auto endpoint = coordinator_from_environment(ec);
+  if (!endpoint) throw Error(ec, last_error_message);
+  return std::move(*endpoint);
+}
+
+/// The variables of the other backends that give MLX_RANK a meaning without a hostfile (JACCL's
+/// coordinator and device file, NCCL's host): with one of them set, a rank without a hostfile is
+/// somebody else's configuration, not a broken ring one.
+inline std::optional<EnvVariable> other_backend_variable() {
+  for (auto name : {"JACCL_COORDINATOR", "IBV_DEVICES"}) {
+    if (auto variable = env(name)) return variable;
+  }
+  return env_exact("NCCL_HOST_IP");
+}
+
+}  // namespace detail
+
+/// The ring backend's `TcpConfig` from a hostfile, as `mlx.launch` and the MLX docs set it up:
+///
+/// - `MLX_RANK` (or `COLLIE_RANK`): this process's rank, an integer in [0, N);
+/// - `MLX_HOSTFILE` (or `COLLIE_HOSTFILE`): path of the JSON hostfile, per rank the "ip:port"
+///   addresses it listens on, one per connection (format and checks: `parse_hostfile`);
+/// - the deadlines, job token and verbosity of `detail::timeouts_from_environment`
+///   (`COLLIE_TIMEOUT_MS`, `COLLIE_CONNECT_TIMEOUT_MS`, `COLLIE_JOB_TOKEN`, `MLX_RING_VERBOSE`);
+/// - if `MLX_WORLD_SIZE` (or `COLLIE_WORLD_SIZE`) is also set, it must equal the hostfile's
+///   number of ranks.
+///
+/// Nothing is contacted here; the file is read and checked.
+///
+/// Errors:
+/// - `errc::not_configured` when neither variable is set, or when only the rank is set and the
+///   environment describes another way to start (a rendezvous coordinator — then call
+///   `collie::rendezvous_from_environment()` — or the JACCL/NCCL variables); the message lists
+///   what to set;
+/// - `errc::bad_configuration` when only one of the two is set (naming the missing one), for a
+///   bad rank (`collie: MLX_RANK=abc is not a rank; set it to an integer in [0, 4)`), a rank
+///   beyond the hostfile, or a hostfile that cannot be read or is malformed (naming the file,
+///   the rank and the entry).
+///
+///   std::error_code ec;
+///   if (auto config = collie::ring_config_from_environment(ec)) {
+///     // connect a TcpTransport with *config
+///   } else if (ec != collie::errc::not_configured) {
+///     std::fprintf(stderr, "%s\n", collie::Group::last_error().c_str());
+///   }
+///
+/// Throws `collie::Error`; the overload with `std::error_code&` returns nothing instead.
+inline std::optional<TcpConfig> ring_config_from_environment(std::error_code& ec) noexcept {
+  using detail::report_config_error;
+  ec.clear();
+  try {
+    const auto rank_variable = detail::env("RANK");
+    const auto hostfile_variable = detail::env("HOSTFILE");
+    if (!hostfile_variable) {
+      std::error_code coordinator_ec;
+      const auto coordinator = detail::coordinator_from_environment(coordinator_ec);
+      const std::string hostfile_names = "MLX_HOSTFILE and COLLIE_HOSTFILE";
+      std::string coordinator_names = "MASTER_ADDR, MASTER_PORT";
+      if (auto variable = detail::env("COORDINATOR")) coordinator_names = variable->name;
+      const std::string missing_both =
+          "set MLX_RANK (this process's rank) and MLX_HOSTFILE (path to a JSON file "
+          "[[\"ip:port\", ...], ...] listing the addresses of every rank), or start the "
+          "processes with `collie launch`";
+      if (coordinator || coordinator_ec != errc::not_configured) {
+        report_config_error(ec, errc::not_configured,
+                            "collie: the ring has no hostfile (" + hostfile_names +
+                                " are unset) but a rendezvous coordinator is configured (" +
+                                coordinator_names +
+                                "); use collie::rendezvous_from_environment(), or " + missing_both);
+        return std::nullopt;
+      }
+      if (!rank_variable) {
+        report_config_error(ec, errc::not_configured,
+                            "collie: the ring backend is not configured; " + missing_both +
+                                ", or set COLLIE_COORDINATOR=ip:port of rank 0 (or MASTER_ADDR and "
+                                "MASTER_PORT) with a rank and world size for a rendezvous");
+        return std::nullopt;
+      }
+      if (auto other = detail::other_backend_variable()) {
+        report_config_error(ec, errc::not_configured,
+                            "collie: the ring has no hostfile (" + hostfile_names +
+                                " are unset); " + rank_variable->name +
+                                " belongs to another backend here (" + other->name + " is set)");
+        return std::nullopt;
+      }
+      report_config_error(ec, errc::bad_configuration,
+                          "collie: " + rank_variable->name + " is set but " +
+                              detail::env_names("HOSTFILE") +
+                              " is not; set it to the path of the JSON hostfile "
+                              "[[\"ip:port\", ...], ...] listing the addresses of every rank, or "
+                              "set COLLIE_COORDINATOR=ip:port of rank 0 with "
+                              "MLX_WORLD_SIZE for a rendezvous");
+      return std::nullopt;
+    }
+    if (!rank_variable) {
+      report_config_error(ec, errc::bad_configuration,
+                          "collie: " + hostfile_variable->name + "=" + hostfile_variable->value +
+                              " is set but " + detail::env_names("RANK") +
+                              " is not; set it to this process's rank, an integer in [0, N) "
+                              "where N is the number of entries in the hostfile");
+      return std::nullopt;
+    }
+    const std::string origin = hostfile_variable->value + " (" + hostfile_variable->name + ")";
+    auto hosts = detail::load_hostfile(hostfile_variable->value, origin, ec);
+    if (!hosts) return std::nullopt;
+    const int size = static_cast<int>(hosts->size());
+    const auto rank = detail::parse_rank(*rank_variable, size, ec);
+    if (!rank) {
+      detail::last_error_message += " (the hostfile " + origin + " lists " + std::to_string(size) +
+                                    (size == 1 ? " rank)" : " ranks)");
+      return std::nullopt;
+    }
+    if (auto world_variable = detail::env("WORLD_SIZE")) {
+      const auto world = detail::parse_world_size(*world_variable, ec);
+      if (!world) return std::nullopt;
+      if (*world != size) {
+        report_config_error(ec, errc::bad_configuration,
+                            "collie: " + world_variable->name + "=" + world_variable->value +
+                                " but the hostfile " + origin + " lists " + std::to_string(size) +
+                                (size == 1 ? " rank" : " ranks") + "; make them agree, or unset " +
+                                world_variable->name);
+        return std::nullopt;
+      }
+    }
+    TcpConfig config;
+    config.rank = *rank;
+    config.hosts = std::move(*hosts);
+    detail::timeouts_from_environment(config, ec);
+    if (ec) return std::nullopt;
+    return config;
+  } catch (const std::bad_alloc&) {
+    report_config_error(ec, std::make_error_code(std::errc::not_enough_memory),
+                        "collie: out of memory reading the environment");
+    return std::nullopt;
+  }
+}
+
+inline TcpConfig ring_config_from_environment() {
+  std::error_code ec;
+  auto config = ring_config_from_environment(ec);
+  if (!config) throw Error(ec, detail::last_error_message);
+  return std::move(*config);
+}
+
+}  // namespace collie
