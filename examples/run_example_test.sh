@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
-# Runs an example and checks every line it prints against a pattern.
-# Usage: run_example_test.sh <binary> <ranks> <line-pattern>
+# Runs an example as N local processes and checks that every rank printed a line matching a
+# pattern. Usage: run_example_test.sh <run_local.sh> <binary> <ranks> <line-pattern>
 set -euo pipefail
-binary=$1 ranks=$2 pattern=$3
-output=$("$binary" "$ranks")
+runner=$1 binary=$2 ranks=$3 pattern=$4
+output=$("$runner" "$ranks" "$binary")
 echo "$output"
 lines=$(grep -c -E "^${pattern}\$" <<<"$output" || true)
 if [ "$lines" -ne "$ranks" ]; then

@@ -41,8 +41,18 @@ TEST_CASE("init refuses unknown backend names and names the known ones") {
   CHECK(Group::last_error().find("any, ring, jaccl, mpi, nccl") != std::string::npos);
 }
 
+TEST_CASE("init of ring without its variables is a singleton, or an error when strict") {
+  std::error_code ec;
+  auto group = init("ring", false, ec);
+  REQUIRE(group);
+  CHECK(group->size() == 1);
+  CHECK(!init("ring", true, ec));
+  CHECK(ec == errc::not_configured);
+  CHECK(Group::last_error().find("MLX_HOSTFILE") != std::string::npos);
+}
+
 TEST_CASE("init of a backend that is not compiled in is an error, never a silent singleton") {
-  for (const char* name : {"ring", "mpi", "nccl", "jaccl"}) {
+  for (const char* name : {"mpi", "nccl", "jaccl"}) {
     CAPTURE(name);
     std::error_code ec;
     CHECK(!init(name, false, ec));

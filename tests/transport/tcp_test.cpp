@@ -229,7 +229,7 @@ TEST_CASE("when a peer aborts, every pending operation on it fails at once") {
     c.barrier();
     if (r == 2) {
       std::this_thread::sleep_for(100ms);
-      c.transport().abort();
+      c.transport().abort("the test aborts rank 2");
       return;
     }
     std::vector<float> x(1 << 20, 1.0f);

@@ -114,11 +114,26 @@ class Call {
   }
   const Progress& progress() const noexcept { return progress_; }
 
+  /// Reports an I/O failure at the moment it is seen, before the algorithm cancels its other
+  /// requests: the owner (Collective) aborts the group right away, so the peers learn the
+  /// original reason (e.g. which rank died) instead of only seeing this rank disappear.
+  /// `detail::Requests` calls it; an algorithm posting by hand should too.
+  void failed(std::error_code ec) {
+    if (failure_hook_ != nullptr) failure_hook_(failure_context_, *this, ec);
+  }
+  using FailureHook = void (*)(void* context, const Call& call, std::error_code ec);
+  void on_failure(FailureHook hook, void* context) noexcept {
+    failure_hook_ = hook;
+    failure_context_ = context;
+  }
+
  private:
   Tag base_;
   std::chrono::milliseconds timeout_;
   Scratch* scratch_;
   Progress progress_;
+  FailureHook failure_hook_ = nullptr;
+  void* failure_context_ = nullptr;
 };
 
 }  // namespace collie

@@ -489,24 +489,47 @@ class Collective {
       }
     }
     Call call(tag, s.options.timeout, scratch);
+    Failure failure{&s, what, {}, false};
+    call.on_failure(&on_io_failure, &failure);
     const std::error_code ec = body(call);
     if (!ec) return ec;
-    std::string message = describe(s, what, call, ec);
-    if (is_io_failure(ec)) {
-      bool first = false;
-      {
-        std::lock_guard lock(s.error_mutex);
-        if (!s.aborted) {
-          s.aborted = ec;
-          s.aborted_message = message;
-          first = true;
-        }
-      }
-      // Tell the peers at once, instead of letting each of them time out on this rank.
-      if (first) s.transport.abort();
+    if (!failure.reported) {
+      failure.message = describe(s, what, call, ec);
+      if (is_io_failure(ec)) abort_group(s, ec, failure.message);
     }
-    detail::last_error_message = std::move(message);
+    detail::last_error_message = std::move(failure.message);
     return ec;
+  }
+
+  // The first I/O failure of a call, as the algorithm saw it.
+  struct Failure {
+    State* state;
+    std::string_view what;
+    std::string message;
+    bool reported;
+  };
+
+  static void on_io_failure(void* context, const Call& call, std::error_code ec) {
+    auto& failure = *static_cast<Failure*>(context);
+    if (failure.reported) return;
+    failure.reported = true;
+    failure.message = describe(*failure.state, failure.what, call, ec);
+    abort_group(*failure.state, ec, failure.message);
+  }
+
+  // Marks the group aborted for good and, the first time, tells the peers at once, instead of
+  // letting each of them time out on this rank.
+  static void abort_group(State& s, std::error_code ec, const std::string& message) {
+    bool first = false;
+    {
+      std::lock_guard lock(s.error_mutex);
+      if (!s.aborted) {
+        s.aborted = ec;
+        s.aborted_message = message;
+        first = true;
+      }
+    }
+    if (first) s.transport.abort(message);
   }
 
   static std::string describe(State& s, std::string_view what, const Call& call,
@@ -524,7 +547,12 @@ class Collective {
               " is alive and calls the same collectives in the same order, or raise "
               "Options::timeout";
     } else if (ec == errc::connection_lost) {
-      text += ": " + peer + " closed its connection or died; see its own output";
+      std::string reason;
+      if constexpr (requires { s.transport.failure_reason(at.peer); }) {
+        if (at.peer >= 0) reason = s.transport.failure_reason(at.peer);
+      }
+      text += ": " + peer + (reason.empty() ? " closed its connection or died" : " " + reason) +
+              "; see its own output";
     } else if (ec == errc::protocol_error) {
       text += ": " + peer +
               " sent a message of another size; every rank must call the same collective with "

@@ -41,9 +41,11 @@ struct algorithm_t {};
 ///   their new order; the caller must be one of them), sharing this one's connections. Messages
 ///   of different `context` values never match each other.
 /// - `describe_peer(peer)`: "rank 3" or "rank 3 (10.0.0.4:5000)", for error messages.
-/// - `abort()`: give up on the group after an I/O failure: close connections (or mark this rank
-///   dead) so that every peer's pending and future waits on this rank fail at once instead of
-///   timing out. A failure thus spreads through the group in one hop per rank.
+/// - `abort(reason)`: give up on the group after an I/O failure: tell the peers why (where the
+///   wire allows) and close connections (or mark this rank dead), so that every peer's pending
+///   and future waits on this rank fail at once instead of timing out. A failure thus spreads
+///   through the group in one hop per rank, carrying the original reason (e.g. which rank died).
+/// - optionally `failure_reason(peer)`: what is known about why `peer` failed, for messages.
 ///
 /// Posting and waiting must be safe from two threads of the same rank at once (a group's
 /// asynchronous operations run on a worker thread while the caller runs synchronous ones).
@@ -63,7 +65,7 @@ concept Transport =
       { t.cancel(request) } noexcept -> std::same_as<void>;
       { ct.split(members, context) } -> std::same_as<T>;
       { ct.describe_peer(peer) } -> std::convertible_to<std::string>;
-      { t.abort() } noexcept -> std::same_as<void>;
+      { t.abort(std::string_view{}) } noexcept -> std::same_as<void>;
     };
 
 /// Refinement: memory must be registered before the transport can move it (RDMA). Algorithms

@@ -12,11 +12,29 @@
 #include "collie/core/element.hpp"
 #include "collie/transport/inprocess.hpp"
 
+// The TCP transport needs only Asio (header-only); it is on unless the build says otherwise.
+#ifndef COLLIE_WITH_TCP
+#if __has_include(<asio.hpp>)
+#define COLLIE_WITH_TCP 1
+#else
+#define COLLIE_WITH_TCP 0
+#endif
+#endif
+
+#if COLLIE_WITH_TCP
+#include "collie/transport/tcp.hpp"
+#endif
+
 namespace collie {
 
 /// Transports compiled in. Transports that need a system library sit behind a `COLLIE_WITH_*`
 /// switch (set by the build) and are added here when it is on.
-using EnabledTransports = detail::TypeList<InProcessTransport>;
+using EnabledTransports = detail::TypeList<InProcessTransport
+#if COLLIE_WITH_TCP
+                                           ,
+                                           TcpTransport
+#endif
+                                           >;
 
 /// Algorithms compiled in. Adding an algorithm: include its header above and name it here; the
 /// runtime `Group` and the conformance suite pick it up from this list.

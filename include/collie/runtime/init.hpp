@@ -12,8 +12,15 @@
 #include "collie/algorithm/mesh.hpp"
 #include "collie/core/collective.hpp"
 #include "collie/core/error.hpp"
+#include "collie/runtime/enabled.hpp"
 #include "collie/runtime/group.hpp"
 #include "collie/transport/inprocess.hpp"
+
+#if COLLIE_WITH_TCP
+#include "collie/runtime/environment.hpp"
+#include "collie/runtime/rendezvous.hpp"
+#include "collie/transport/tcp.hpp"
+#endif
 
 namespace collie {
 
@@ -40,6 +47,14 @@ inline InitCache& init_cache() {
   return cache;
 }
 
+inline std::string compiled_backends() {
+  std::string names;
+#if COLLIE_WITH_TCP
+  names += "ring";
+#endif
+  return names.empty() ? "none" : names;
+}
+
 inline bool is_known_backend(std::string_view backend) {
   for (auto name : backend_names) {
     if (name == backend) return true;
@@ -47,13 +62,52 @@ inline bool is_known_backend(std::string_view backend) {
   return false;
 }
 
-// Tries one named backend. Returns the group, or nothing with `ec` clear when its environment is
-// absent, or nothing with `ec` set when it is configured but failed. Backends that are not
-// compiled into this build report `errc::unknown_backend`.
+#if COLLIE_WITH_TCP
+// The ring backend: a hostfile (MLX_RANK + MLX_HOSTFILE), or a coordinator rendezvous for
+// schedulers. COLLIE_ALGORITHM picks the algorithm over TCP: "ring" (default) or "mesh".
+inline std::optional<Group> try_ring(std::error_code& ec) {
+  auto config = ring_config_from_environment(ec);
+  if (!config && ec == errc::not_configured) {
+    const std::string hostfile_message = last_error_message;
+    config = rendezvous_from_environment(ec);
+    if (!config && ec == errc::not_configured) {
+      last_error_message = hostfile_message + "; or, without a hostfile, set " +
+                           "COLLIE_COORDINATOR (or MASTER_ADDR and MASTER_PORT) with a rank and "
+                           "world size (COLLIE_RANK/COLLIE_WORLD_SIZE, or those of Slurm, "
+                           "Open MPI, PMI or torchrun)";
+    }
+  }
+  if (!config) return std::nullopt;
+  Options options;
+  options.timeout = config->timeout;
+  std::string algorithm = "ring";
+  if (auto variable = env("ALGORITHM")) algorithm = variable->value;
+  if (algorithm != "ring" && algorithm != "mesh") {
+    ec = errc::bad_configuration;
+    last_error_message = "collie: " + env_names("ALGORITHM") + "=" + algorithm +
+                         " is not an algorithm of the ring backend; use ring or mesh";
+    return std::nullopt;
+  }
+  auto transport = TcpTransport::connect(std::move(*config), ec);
+  if (!transport) return std::nullopt;
+  if (algorithm == "mesh") {
+    return Group(Collective<TcpTransport, Mesh>(std::move(*transport), Mesh{}, options), "ring");
+  }
+  return Group(Collective<TcpTransport, Ring>(std::move(*transport), Ring{}, options), "ring");
+}
+#endif
+
+// Tries one named backend. Returns the group, or nothing with `ec` = errc::not_configured when
+// its environment is absent, or nothing with another code when it is configured but failed.
+// Backends that are not compiled into this build report `errc::unknown_backend`.
 inline std::optional<Group> try_backend(std::string_view backend, std::error_code& ec) {
+#if COLLIE_WITH_TCP
+  if (backend == "ring") return try_ring(ec);
+#endif
   ec = errc::unknown_backend;
   last_error_message = "collie: backend \"" + std::string(backend) +
-                       "\" is not compiled into this build (enabled transports: inproc)";
+                       "\" is not compiled into this build (compiled in: " + compiled_backends() +
+                       ")";
   return std::nullopt;
 }
 
@@ -89,8 +143,27 @@ inline std::optional<Group> init(std::string_view backend, bool strict,
     }
     if (backend != "any") {
       auto group = detail::try_backend(backend, ec);
-      if (group) cache.group = group;
+      if (group) {
+        cache.group = group;
+      } else if (ec == errc::not_configured && !strict) {
+        ec.clear();  // not configured, and not strict: a group of one rank
+        return singleton_group();
+      }
       return group;
+    }
+    // "any": the first compiled-in backend whose environment is present. One that is configured
+    // but fails is an error, never a fall-through to the next.
+    for (auto name : backend_names) {
+      std::error_code attempt;
+      auto group = detail::try_backend(name, attempt);
+      if (group) {
+        cache.group = group;
+        return group;
+      }
+      if (attempt != errc::not_configured && attempt != errc::unknown_backend) {
+        ec = attempt;
+        return std::nullopt;
+      }
     }
     if (strict) {
       ec = errc::not_configured;

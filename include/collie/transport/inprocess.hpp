@@ -273,7 +273,7 @@ class InProcessTransport {
   }
 
   /// Marks this rank dead in the world (as closing its sockets would), so peers stop waiting.
-  void abort() noexcept { fabric_->kill(world_rank()); }
+  void abort(std::string_view) noexcept { fabric_->kill(world_rank()); }
 
   std::string describe_peer(int peer) const {
     std::string text = "rank " + std::to_string(peer);

@@ -149,7 +149,13 @@ class TcpTransport {
     return text + engine_->address_of(w) + ")";
   }
 
-  void abort() noexcept { engine_->abort(); }
+  /// Tells every connected peer why (over an idle connection) and closes all connections.
+  void abort(std::string_view reason) noexcept { engine_->abort(reason); }
+
+  /// Why `peer` failed, e.g. "aborted: rank 2 (10.0.0.3:5000) died" or "closed the connection".
+  std::string failure_reason(int peer) const {
+    return peer >= 0 && peer < size() ? engine_->failure_reason(world(peer)) : std::string();
+  }
 
   const TcpConfig& config() const noexcept { return engine_->config(); }
 

@@ -62,6 +62,7 @@ class Requests {
     if (!e.posted) return {};
     call_.at(e.phase, e.step, e.steps, e.peer);
     const std::error_code ec = transport_.wait(e.request, call_.deadline());
+    if (is_io_failure(ec)) call_.failed(ec);  // before anything is cancelled
     if (ec == errc::timed_out) transport_.cancel(e.request);
     e.posted = false;
     return ec;

@@ -23,6 +23,7 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "collie/core/call.hpp"
@@ -77,6 +78,11 @@ struct Connection {
   std::list<Unexpected>::iterator reading_unexpected;
   bool reading_to_unexpected = false;
   std::vector<std::byte> discard;  // payload of a message refused for its size
+  std::function<void()> abort_frame;  // set by abort(): written after the current message
+  Op* broken_send = nullptr;          // a send whose write failed; the reader decides its fate
+  bool draining = false;              // shut for sending by abort(), read until the end
+  bool reader_done = false;           // the read loop has ended (guarded by the engine mutex)
+  std::uint64_t discard_left = 0;     // bytes of a message to a failed peer still to skip
 };
 
 struct Peer {
@@ -230,11 +236,23 @@ class Engine {
       op->state = Op::State::done;
       op->result = errc::aborted;
     }
+    if (op->state == Op::State::active && op->connection != nullptr &&
+        op->connection->broken_send == op) {
+      // Its write failed already: nothing touches its memory any more.
+      op->connection->broken_send = nullptr;
+      finish(*op, errc::aborted);
+    }
     if (op->state == Op::State::active) {
       const int peer = op->peer;
+      Connection* c = op->connection;
       lock.unlock();
-      asio::post(io_, [this, peer] {
-        fail_peer(peer, errc::connection_lost, "a transfer to or from it was cancelled");
+      asio::post(io_, [this, peer, c] {
+        fail_peer(peer, errc::connection_lost,
+                  "had a transfer cancelled mid-message, so its connection was closed");
+        // Also when the peer had failed already (a draining connection): the transfer's
+        // handler then completes, with operation_aborted.
+        std::error_code ignored;
+        c->socket.close(ignored);
       });
       lock.lock();
       cv_.wait(lock, [&] { return op->state == Op::State::done; });
@@ -242,13 +260,75 @@ class Engine {
     recycle(op);
   }
 
-  // Closes every connection: peers see the group fail at once instead of timing out.
-  void abort() noexcept {
-    asio::post(io_, [this] {
-      for (int peer = 0; peer < size_; ++peer) {
-        fail_peer(peer, errc::connection_lost, "this rank aborted the group");
-      }
-    });
+  // Sends the reason to every peer over a connection that is not in the middle of a message,
+  // then closes every connection: peers fail at once, and can say why. Waits (briefly) until the
+  // I/O thread has done it, so that a process exiting right after still tells its peers.
+  void abort(std::string_view reason) noexcept {
+    try {
+      auto text = std::make_shared<std::string>(reason.substr(0, 4000));
+      auto pending = std::make_shared<std::atomic<int>>(0);
+      auto finished = std::make_shared<std::atomic<bool>>(false);
+      asio::post(io_, [this, text, pending, finished] {
+        auto frame = std::make_shared<Bytes<Header::size>>();
+        Header h;
+        h.flags = Header::abort_flag;
+        h.bytes = text->size();
+        h.encode_into(*frame);
+        auto closed = std::make_shared<bool>(false);
+        auto close_all = [this, finished, closed] {
+          if (*closed) return;
+          *closed = true;
+          for (int peer = 0; peer < size_; ++peer) {
+            fail_peer(peer, errc::connection_lost, "this rank aborted the group", /*drain=*/true);
+          }
+          finished->store(true);
+          cv_.notify_all();
+        };
+        auto write_reason = [frame, text, pending, close_all](Connection* c) {
+          const std::array<asio::const_buffer, 2> buffers = {asio::buffer(*frame),
+                                                             asio::buffer(*text)};
+          asio::async_write(c->socket, buffers, [pending, close_all](std::error_code, std::size_t) {
+            if (--*pending == 0) close_all();
+          });
+        };
+        std::vector<Connection*> idle;
+        {
+          std::lock_guard lock(mutex_);
+          for (auto& p : peers_) {
+            if (p.status == Peer::Status::failed || p.connections.empty()) continue;
+            Connection* c = p.connections.front();
+            ++*pending;
+            if (c->writing) {
+              // Mid-message: the reason follows the message being written (a segment, so soon).
+              c->abort_frame = [c, write_reason] { write_reason(c); };
+            } else {
+              c->writing = true;
+              idle.push_back(c);
+            }
+          }
+        }
+        if (*pending == 0) return close_all();
+        for (Connection* c : idle) write_reason(c);
+        // A peer that stopped reading must not hold the abort up.
+        auto timer = std::make_shared<asio::steady_timer>(io_, std::chrono::milliseconds(1000));
+        timer->async_wait([timer, close_all](std::error_code) { close_all(); });
+      });
+      // Until the reason is written and the peers have closed their ends (they do as soon as they
+      // read it), within a bound: a peer that stopped reading must not hold this up.
+      std::unique_lock lock(mutex_);
+      cv_.wait_for(lock, std::chrono::seconds(2), [&] { return finished->load() && draining_ == 0; });
+    } catch (...) {
+      asio::post(io_, [this] {
+        for (int peer = 0; peer < size_; ++peer) {
+          fail_peer(peer, errc::connection_lost, "this rank aborted the group");
+        }
+      });
+    }
+  }
+
+  std::string failure_reason(int peer) {
+    std::lock_guard lock(mutex_);
+    return peers_[static_cast<std::size_t>(peer)].failure_message;
   }
 
  private:
@@ -637,29 +717,43 @@ class Engine {
 
   void write_front(Connection* c) {
     Op* op = nullptr;
+    std::function<void()> abort_frame;
     {
       std::lock_guard lock(mutex_);
-      if (c->send_queue.empty()) {
+      if (c->abort_frame) {
+        // This rank is aborting: its reason goes out before anything else queued.
+        abort_frame = std::move(c->abort_frame);
+        c->abort_frame = nullptr;
+      } else if (c->send_queue.empty()) {
         c->writing = false;
         return;
+      } else {
+        op = c->send_queue.front();
+        c->send_queue.pop_front();
+        op->state = Op::State::active;
       }
-      op = c->send_queue.front();
-      c->send_queue.pop_front();
-      op->state = Op::State::active;
     }
+    if (abort_frame) return abort_frame();
     const std::array<asio::const_buffer, 2> buffers = {
         asio::buffer(op->header), asio::buffer(op->send_data, op->bytes)};
     asio::async_write(c->socket, buffers, [this, c, op](std::error_code ec, std::size_t) {
       {
         std::lock_guard lock(mutex_);
-        finish(*op, ec ? std::error_code(errc::connection_lost) : std::error_code());
+        if (!ec) {
+          finish(*op, {});
+        } else if (peers_[static_cast<std::size_t>(c->peer)].status == Peer::Status::failed) {
+          finish(*op, peers_[static_cast<std::size_t>(c->peer)].failure);
+        } else if (c->reader_done) {
+          finish(*op, errc::connection_lost);
+        } else {
+          c->broken_send = op;  // failed with the peer, once the reader knows why
+        }
       }
       cv_.notify_all();
-      if (ec) {
-        fail_peer(c->peer, errc::connection_lost, "sending to it failed: " + ec.message());
-        return;
-      }
-      write_front(c);
+      // On a failed write, leave the connection to its reader: whatever the peer sent before
+      // the connection broke (its reason for aborting, say) is still read, and the reader fails
+      // the peer when the stream ends. Nothing more is written here.
+      if (!ec) write_front(c);
     });
   }
 
@@ -675,6 +769,26 @@ class Engine {
     if (h.magic != message_magic) {
       fail_peer(c->peer, errc::protocol_error, "it sent a corrupt message header");
       return;
+    }
+    if ((h.flags & Header::abort_flag) != 0) {
+      // The peer gave up on the group and says why; read the reason, then treat it as gone.
+      c->discard.resize(std::min<std::uint64_t>(h.bytes, 4000));
+      asio::async_read(c->socket, asio::buffer(c->discard), [this, c](std::error_code ec, std::size_t) {
+        if (ec) return connection_failed(c, ec);
+        const std::string reason(reinterpret_cast<const char*>(c->discard.data()), c->discard.size());
+        fail_peer(c->peer, errc::connection_lost, "aborted the group: " + reason);
+        read_header(c);  // on to the end of the stream (or the close just made)
+      });
+      return;
+    }
+    bool peer_failed = false;
+    {
+      std::lock_guard lock(mutex_);
+      peer_failed = peers_[static_cast<std::size_t>(c->peer)].status == Peer::Status::failed;
+    }
+    if (peer_failed) {
+      c->discard_left = h.bytes;
+      return skip_payload(c);
     }
     std::byte* target = nullptr;
     {
@@ -711,6 +825,19 @@ class Engine {
                      [this, c](std::error_code ec, std::size_t) { on_payload(c, ec); });
   }
 
+  // Reads and drops the rest of a message from a failed peer, in bounded chunks.
+  void skip_payload(Connection* c) {
+    if (c->discard_left == 0) return read_header(c);
+    const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(c->discard_left, 1 << 20));
+    c->discard.resize(n);
+    asio::async_read(c->socket, asio::buffer(c->discard.data(), n),
+                     [this, c, n](std::error_code ec, std::size_t) {
+                       if (ec) return connection_failed(c, ec);
+                       c->discard_left -= n;
+                       skip_payload(c);
+                     });
+  }
+
   void on_payload(Connection* c, std::error_code ec) {
     {
       std::lock_guard lock(mutex_);
@@ -742,6 +869,26 @@ class Engine {
   }
 
   void connection_failed(Connection* c, std::error_code ec) {
+    {
+      std::lock_guard lock(mutex_);
+      c->reader_done = true;
+      if (c->broken_send != nullptr) finish(*std::exchange(c->broken_send, nullptr), errc::connection_lost);
+    }
+    cv_.notify_all();
+    if (c->draining) {
+      // An aborted group's connection reached its end: now it can close without a reset.
+      std::error_code ignored;
+      c->socket.close(ignored);
+      {
+        std::lock_guard lock(mutex_);
+        c->draining = false;
+        --draining_;
+        if (c->broken_send != nullptr) finish(*std::exchange(c->broken_send, nullptr), errc::connection_lost);
+        if (c->reading_into != nullptr) finish(*std::exchange(c->reading_into, nullptr), errc::connection_lost);
+      }
+      cv_.notify_all();
+      return;
+    }
     if (stopping_ || ec == asio::error::operation_aborted) {
       // Our own close: fail_peer already accounted for it.
       std::lock_guard lock(mutex_);
@@ -749,6 +896,7 @@ class Engine {
         finish(*c->reading_into, errc::connection_lost);
         c->reading_into = nullptr;
       }
+      if (c->broken_send != nullptr) finish(*std::exchange(c->broken_send, nullptr), errc::connection_lost);
       cv_.notify_all();
       return;
     }
@@ -771,14 +919,17 @@ class Engine {
         }
       }
       cv_.notify_all();
-      if (last) fail_peer(c->peer, errc::connection_lost, "it closed the connection");
+      if (last) fail_peer(c->peer, errc::connection_lost, "closed its connection (exited or died)");
       return;
     }
-    fail_peer(c->peer, errc::connection_lost, "the connection failed: " + ec.message());
+    fail_peer(c->peer, errc::connection_lost, "lost its connection: " + ec.message() + " (it died, or the network failed)");
   }
 
   // I/O thread: the peer is gone. Close its connections and fail everything pending on it.
-  void fail_peer(int peer, errc code, const std::string& why) {
+  // With `drain`, connections are not closed but only shut for sending (so everything written,
+  // the abort reason included, is delivered before the end of the stream) and read to their
+  // end: closing a socket with unread data would reset it and drop what is still unsent.
+  void fail_peer(int peer, errc code, const std::string& why, bool drain = false) {
     std::vector<Connection*> to_close;
     {
       std::lock_guard lock(mutex_);
@@ -805,7 +956,12 @@ class Engine {
       }
       for (Connection* c : p.connections) {
         fail_all(c->send_queue);
+        if (c->broken_send != nullptr) finish(*std::exchange(c->broken_send, nullptr), code);
         to_close.push_back(c);
+        if (drain) {
+          c->draining = true;
+          ++draining_;
+        }
       }
       p.connections.clear();
       if (setup_pending()) setup_error_ = {code, "lost rank " + std::to_string(peer) + " during set-up: " + why};
@@ -813,6 +969,10 @@ class Engine {
     cv_.notify_all();
     for (Connection* c : to_close) {
       std::error_code ignored;
+      if (drain) {
+        c->socket.shutdown(tcp::socket::shutdown_send, ignored);
+        continue;
+      }
       c->socket.shutdown(tcp::socket::shutdown_both, ignored);
       c->socket.close(ignored);  // pending handlers complete with operation_aborted
     }
@@ -887,6 +1047,7 @@ class Engine {
   std::vector<std::unique_ptr<Connection>> connections_;
   std::vector<std::unique_ptr<Op[]>> pool_;
   Op* free_ = nullptr;
+  int draining_ = 0;  // connections shut by abort() and not yet at their end
   std::size_t expected_right_ = 0, expected_left_ = 0, made_right_ = 0, made_left_ = 0;
   std::optional<std::pair<errc, std::string>> setup_error_;
   std::atomic<bool> stopping_{false};

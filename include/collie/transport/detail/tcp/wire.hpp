@@ -104,6 +104,8 @@ struct Ack {
 /// In front of every message: the group context and tag it matches on, and its length.
 struct Header {
   static constexpr std::size_t size = 32;
+  /// The sender aborts the group; the payload is its reason, as text.
+  static constexpr std::uint32_t abort_flag = 1;
   std::uint32_t magic = message_magic;
   std::uint32_t flags = 0;
   std::uint64_t context = 0;
