@@ -240,3 +240,58 @@ TEST_CASE("when a peer aborts, every pending operation on it fails at once") {
     if (std::chrono::steady_clock::now() - start > 5s) ranks.fail("failure took too long");
   });
 }
+
+TEST_CASE("ranks connect over IPv6 loopback") {
+  {
+    asio::io_context io;
+    std::error_code ec;
+    asio::ip::tcp::acceptor probe(io);
+    probe.open(asio::ip::tcp::v6(), ec);
+    if (!ec) probe.bind({asio::ip::make_address("::1"), 0}, ec);
+    if (ec) {
+      MESSAGE("skipped: this machine has no IPv6 loopback (" << ec.message() << ")");
+      return;
+    }
+  }
+  auto hosts = loopback_hosts(3, 1);
+  for (auto& list : hosts) list[0].host = "::1";
+  Ranks ranks;
+  ranks.run(3, [&](int r) {
+    Collective<TcpTransport, Ring> c(TcpTransport::connect(config_for(r, hosts)));
+    std::vector<int> x(1000, 1);
+    c.all_sum(x);
+    if (x[999] != 3) ranks.fail("all_sum over IPv6");
+    if (c.transport().describe_peer(1).find("[::1]:") == std::string::npos) {
+      ranks.fail("IPv6 address not shown in brackets: " + c.transport().describe_peer(1));
+    }
+  });
+}
+
+TEST_CASE("a single message larger than 2 GiB arrives whole") {
+  // 2 GiB + 3 bytes: more than one write or read system call can move, and than a 32-bit count.
+  if (std::getenv("COLLIE_TEST_LARGE_COUNT") != nullptr) {
+    MESSAGE("skipped under the sanitizer builds (4 GiB of buffers); runs in the default build");
+    return;
+  }
+  const std::size_t bytes = (std::size_t{2} << 30) + 3;
+  const auto hosts = loopback_hosts(2, 1);
+  Ranks ranks;
+  ranks.run(2, [&](int r) {
+    Collective<TcpTransport, Ring> c(TcpTransport::connect(config_for(r, hosts)));
+    std::vector<std::uint8_t> buffer(bytes);
+    if (r == 0) {
+      for (std::size_t i = 0; i < bytes; i += 4096) buffer[i] = static_cast<std::uint8_t>(i / 4096 * 7);
+      buffer[bytes - 1] = 0xAB;
+      c.send(buffer, 1);
+    } else {
+      c.recv(buffer, 0);
+      for (std::size_t i = 0; i < bytes; i += 4096) {
+        if (buffer[i] != static_cast<std::uint8_t>(i / 4096 * 7)) {
+          ranks.fail("byte " + std::to_string(i) + " is wrong");
+          break;
+        }
+      }
+      if (buffer[bytes - 1] != 0xAB) ranks.fail("last byte is wrong");
+    }
+  });
+}
