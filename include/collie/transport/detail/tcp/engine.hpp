@@ -104,6 +104,11 @@ class Engine {
       : config_(std::move(config)), rank_(config_.rank), size_(config_.size()),
         peers_(static_cast<std::size_t>(size_)), work_(asio::make_work_guard(io_)) {
     validate();
+    if (size_ > 1) {
+      // Before anything is accepted: a refused handshake fails the set-up only while it runs.
+      expected_right_ = connections_per_neighbour();
+      expected_left_ = connections_per_neighbour();
+    }
     open_acceptors();
     thread_ = std::thread([this] { io_.run(); });
     try {
@@ -419,8 +424,6 @@ class Engine {
     const int right = (rank_ + 1) % size_;
     const int left = (rank_ - 1 + size_) % size_;
     const std::size_t k = connections_per_neighbour();
-    expected_right_ = k;
-    expected_left_ = k;
     {
       std::lock_guard lock(mutex_);
       peers_[static_cast<std::size_t>(right)].status = Peer::Status::connecting;
