@@ -62,6 +62,7 @@ struct Unexpected {
   Tag tag = 0;
   std::vector<std::byte> data;
   bool complete = false;
+  bool orphaned = false;     // its peer failed mid-message: dropped when the read ends
   Op* claimed_by = nullptr;  // a receive posted while the payload was still arriving
 };
 
@@ -175,7 +176,7 @@ class Engine {
     }
     // A receive: take a message that already arrived, or wait in the peer's queue.
     auto it = std::find_if(p.unexpected.begin(), p.unexpected.end(), [&](const Unexpected& u) {
-      return u.context == context && u.tag == tag && u.claimed_by == nullptr;
+      return u.context == context && u.tag == tag && u.claimed_by == nullptr && !u.orphaned;
     });
     if (it == p.unexpected.end()) {
       p.receives.push_back(op);
@@ -817,7 +818,7 @@ class Engine {
         target = c->discard.data();
         c->reading_into = nullptr;
       } else {
-        p.unexpected.push_back({h.context, h.tag, std::vector<std::byte>(h.bytes), false, nullptr});
+        p.unexpected.push_back({h.context, h.tag, std::vector<std::byte>(h.bytes), false, false, nullptr});
         c->reading_unexpected = std::prev(p.unexpected.end());
         c->reading_to_unexpected = true;
         target = c->reading_unexpected->data.data();
@@ -850,7 +851,9 @@ class Engine {
       } else if (c->reading_to_unexpected) {
         c->reading_to_unexpected = false;
         auto it = c->reading_unexpected;
-        if (!ec) {
+        if (it->orphaned) {
+          peers_[static_cast<std::size_t>(c->peer)].unexpected.erase(it);
+        } else if (!ec) {
           it->complete = true;
           if (Op* op = it->claimed_by) {
             // Claimed while arriving: hand it over now (rare, so copying under the lock is fine).
@@ -948,14 +951,24 @@ class Engine {
       };
       fail_all(p.waiting_sends);
       fail_all(p.receives);
-      // Messages that arrived whole stay claimable; half-arrived ones are lost.
+      // Messages that arrived whole stay claimable; half-arrived ones are lost. One that a
+      // connection is still reading into stays until that read ends (a draining connection
+      // keeps reading), and is dropped then.
       for (auto it = p.unexpected.begin(); it != p.unexpected.end();) {
         if (it->complete) {
           ++it;
           continue;
         }
-        if (it->claimed_by != nullptr) finish(*it->claimed_by, code);
-        it = p.unexpected.erase(it);
+        if (it->claimed_by != nullptr) finish(*std::exchange(it->claimed_by, nullptr), code);
+        const bool being_read = std::any_of(p.connections.begin(), p.connections.end(), [&](Connection* c) {
+          return c->reading_to_unexpected && c->reading_unexpected == it;
+        });
+        if (being_read) {
+          it->orphaned = true;
+          ++it;
+        } else {
+          it = p.unexpected.erase(it);
+        }
       }
       for (Connection* c : p.connections) {
         fail_all(c->send_queue);
