@@ -116,6 +116,20 @@ TEST_CASE("a killed peer fails waits on it with connection_lost") {
   killer.join();
 }
 
+TEST_CASE("an aborting rank leaves its reason for its peers, a killed one leaves none") {
+  InProcessWorld world(3);
+  auto a = world.transport(0);
+  auto b = world.transport(1);
+  std::array<int, 1> g{};
+  auto r = a.post_recv(1, 0, writable(g));
+  b.abort("rank 2 died first");
+  CHECK(a.wait(r, Deadline::never()) == errc::connection_lost);
+  CHECK(a.failure_reason(1) == "aborted the group: rank 2 died first");
+  world.kill(2);
+  CHECK(a.failure_reason(2).empty());
+  CHECK(a.failure_reason(7).empty());  // out of range: nothing known, no crash
+}
+
 TEST_CASE("split transports renumber ranks and keep their messages apart") {
   InProcessWorld world(4);
   auto t1 = world.transport(1);

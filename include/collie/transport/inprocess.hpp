@@ -13,6 +13,7 @@
 #include <mutex>
 #include <span>
 #include <string>
+#include <string_view>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -72,6 +73,10 @@ struct Fabric {
   std::vector<Mailbox> mailboxes;
   std::vector<Doorbell> doorbells;
   std::unique_ptr<std::atomic<bool>[]> dead;
+  // Why a rank left, when it said so (an abort carries the error that caused it), so that a
+  // survivor two hops away still names the rank that died first. Guarded by `reasons_mutex`.
+  std::mutex reasons_mutex;
+  std::vector<std::string> reasons = std::vector<std::string>(static_cast<std::size_t>(size));
 
   static bool matches(const Op& a, const Op& b) noexcept {
     return a.src == b.src && a.context == b.context && a.tag == b.tag;
@@ -144,7 +149,15 @@ struct Fabric {
     bell.cv.wait(lock, [&] { return op.done; });
   }
 
-  void kill(int rank) noexcept {
+  void kill(int rank, std::string_view reason = {}) noexcept {
+    if (!reason.empty()) {
+      try {
+        std::lock_guard lock(reasons_mutex);
+        reasons[static_cast<std::size_t>(rank)] = "aborted the group: " + std::string(reason);
+      } catch (...) {
+        // Out of memory: the peers still learn that the rank is gone, only not why.
+      }
+    }
     dead[rank].store(true);
     for (auto& bell : doorbells) {
       { std::lock_guard lock(bell.mutex); }
@@ -272,8 +285,16 @@ class InProcessTransport {
     return InProcessTransport(fabric_, std::move(world_ranks), new_rank, context);
   }
 
-  /// Marks this rank dead in the world (as closing its sockets would), so peers stop waiting.
-  void abort(std::string_view) noexcept { fabric_->kill(world_rank()); }
+  /// Marks this rank dead in the world (as closing its sockets would), so peers stop waiting,
+  /// and leaves `reason` for them to read through `failure_reason`.
+  void abort(std::string_view reason) noexcept { fabric_->kill(world_rank(), reason); }
+
+  /// Why `peer` left the group, if it said so when it aborted; empty otherwise (killed).
+  std::string failure_reason(int peer) const {
+    if (peer < 0 || peer >= size()) return {};
+    std::lock_guard lock(fabric_->reasons_mutex);
+    return fabric_->reasons[static_cast<std::size_t>((*members_)[static_cast<std::size_t>(peer)])];
+  }
 
   std::string describe_peer(int peer) const {
     std::string text = "rank " + std::to_string(peer);
