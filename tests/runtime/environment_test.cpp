@@ -33,6 +33,8 @@ constexpr std::string_view all_variables[] = {"COLLIE_RANK",
                                               "COLLIE_JOB_TOKEN",
                                               "MLX_JOB_TOKEN",
                                               "COLLIE_RING_VERBOSE",
+                                              "COLLIE_SPIN_US",
+                                              "MLX_SPIN_US",
                                               "MLX_RING_VERBOSE",
                                               "COLLIE_COORDINATOR",
                                               "MLX_COORDINATOR",
@@ -170,6 +172,10 @@ TEST_CASE("timeouts_from_environment reads timeouts, the job token and verbosity
   environment.set("COLLIE_JOB_TOKEN", "12345");
   detail::timeouts_from_environment(config);
   CHECK(config.job_token == 12345);
+  CHECK(config.spin == std::chrono::microseconds(0));
+  environment.set("COLLIE_SPIN_US", "40");
+  detail::timeouts_from_environment(config);
+  CHECK(config.spin == std::chrono::microseconds(40));
 }
 
 TEST_CASE("a malformed timeout or token names the variable and what to set") {
@@ -189,6 +195,10 @@ TEST_CASE("a malformed timeout or token names the variable and what to set") {
   detail::timeouts_from_environment(config, ec);
   CHECK(ec == errc::bad_configuration);
   CHECK(contains(detail::last_error_message, "COLLIE_JOB_TOKEN=secret is not a job token"));
+  environment.unset("COLLIE_JOB_TOKEN").set("COLLIE_SPIN_US", "-5");
+  detail::timeouts_from_environment(config, ec);
+  CHECK(ec == errc::bad_configuration);
+  CHECK(contains(detail::last_error_message, "COLLIE_SPIN_US=-5 is not a spin time"));
   CHECK_THROWS_AS(detail::timeouts_from_environment(config), Error);
 }
 

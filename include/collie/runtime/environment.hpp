@@ -159,6 +159,7 @@ inline std::optional<std::chrono::milliseconds> parse_timeout_ms(const EnvVariab
 /// | `COLLIE_CONNECT_TIMEOUT_MS`               | `connect_timeout` | 60000   |
 /// | `COLLIE_JOB_TOKEN` (decimal or 0x hex)    | `job_token`       | 0       |
 /// | `COLLIE_RING_VERBOSE` / `MLX_RING_VERBOSE`| `verbose`         | off     |
+/// | `COLLIE_SPIN_US`                          | `spin`            | 0       |
 ///
 /// Verbosity is on for any non-empty value but "0". Errors: `errc::bad_configuration` naming the
 /// variable and its value; `config` may then be partly filled.
@@ -187,6 +188,17 @@ inline void timeouts_from_environment(TcpConfig& config, std::error_code& ec) no
       config.job_token = *value;
     }
     if (auto variable = env("RING_VERBOSE")) config.verbose = is_verbose_value(variable->value);
+    if (auto variable = env("SPIN_US")) {
+      auto value = parse_u64(variable->value);
+      if (!value || *value > 1000000) {
+        report_config_error(ec, errc::bad_configuration,
+                            "collie: " + variable->name + "=" + variable->value +
+                                " is not a spin time; set it to microseconds in [0, 1000000] "
+                                "(0 never spins)");
+        return;
+      }
+      config.spin = std::chrono::microseconds(*value);
+    }
   } catch (const std::bad_alloc&) {
     report_config_error(ec, std::make_error_code(std::errc::not_enough_memory),
                         "collie: out of memory reading the environment");

@@ -37,6 +37,12 @@ struct TcpConfig {
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(60)};
   /// How long any later wait may take (see Options::timeout).
   std::chrono::milliseconds timeout{std::chrono::seconds(60)};
+  /// How long a wait spins (yielding the core to any runnable thread) before it sleeps: a reply
+  /// that arrives within it costs no wake-up of the waiting thread. Only a wait on an operation
+  /// in flight spins, and only this long, so idle ranks never burn a core. Off by default: with
+  /// fewer cores than threads (every rank has an I/O thread) the spinning thread takes the core
+  /// its own I/O thread needs; worth trying where each rank has cores to spare.
+  std::chrono::microseconds spin{0};
   /// Log connection set-up to stderr, prefixed "[collie ring]".
   bool verbose = false;
   /// Optional: already bound and listening sockets (file descriptors), one per address of this

@@ -19,12 +19,15 @@
 #include <memory>
 #include <mutex>
 #include <optional>
-#include <unistd.h>
 #include <string>
 #include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
+
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <unistd.h>
 
 #include "collie/core/call.hpp"
 #include "collie/core/deadline.hpp"
@@ -49,18 +52,25 @@ struct Op {
   const std::byte* send_data = nullptr;
   std::byte* recv_data = nullptr;
   std::size_t bytes = 0;
-  State state = State::free;
+  // Written under the engine mutex; read without it only by a spinning wait (see Engine::wait),
+  // which then takes the mutex to read `result`.
+  std::atomic<State> state{State::free};
   std::error_code result;
   Connection* connection = nullptr;  // the connection moving it while active
   Bytes<Header::size> header{};      // sends: the encoded header, kept alive for the write
   Op* next_free = nullptr;
 };
 
-// A message that arrived before its receive was posted: kept until a receive claims it.
+// A message that arrived before its receive was posted: kept until a receive claims it. Its
+// buffer comes from the engine's spare list and goes back there (see `stash`): fresh memory costs
+// a page fault per 4 KiB on first touch, far more than the copy out of a reused buffer.
 struct Unexpected {
   std::uint64_t context = 0;
   Tag tag = 0;
-  std::vector<std::byte> data;
+  std::unique_ptr<std::byte[]> buffer;  // not zeroed: the payload overwrites it
+  std::size_t capacity = 0;
+  std::size_t size = 0;
+  std::byte* data() const noexcept { return buffer.get(); }
   bool complete = false;
   bool orphaned = false;     // its peer failed mid-message: dropped when the read ends
   Op* claimed_by = nullptr;  // a receive posted while the payload was still arriving
@@ -169,6 +179,9 @@ class Engine {
       if (p.connections.empty()) {
         p.waiting_sends.push_back(op);
         need_connection(peer);
+      } else if (Connection* c = connection_for(*op);
+                 !c->writing && bytes <= direct_send_limit) {
+        send_now(*c, *op);
       } else {
         enqueue_send(*op);
       }
@@ -187,24 +200,36 @@ class Engine {
       it->claimed_by = op;  // the reader hands it over when the payload is in
       return op;
     }
-    Unexpected message = std::move(*it);
-    p.unexpected.erase(it);
+    std::list<Unexpected> taken;  // off every list, so nobody else reaches it while unlocked
+    taken.splice(taken.begin(), p.unexpected, it);
     op->state = Op::State::active;
     lock.unlock();
     // Copy outside the lock: the op is reachable by nobody else until finished.
     std::error_code result;
-    if (message.data.size() != op->bytes) {
+    if (taken.front().size != op->bytes) {
       result = errc::protocol_error;
     } else if (op->bytes != 0) {
-      std::memcpy(op->recv_data, message.data.data(), op->bytes);
+      std::memcpy(op->recv_data, taken.front().data(), op->bytes);
     }
     lock.lock();
+    unstash(taken, taken.begin());
     finish(*op, result);
     return op;
   }
 
-  // Blocks until `op` is done or the deadline passes (then it stays posted).
+  // Blocks until `op` is done or the deadline passes (then it stays posted). Spins for up to
+  // `config.spin` first, yielding the core at each turn: a reply that comes within it is seen
+  // without the futex wake-up and reschedule a sleep costs (tens of microseconds on a VM).
   std::error_code wait(Op* op, Deadline deadline) noexcept {
+    if (config_.spin.count() > 0 && op->state.load(std::memory_order_acquire) != Op::State::done) {
+      const auto until = std::min(std::chrono::steady_clock::now() + config_.spin,
+                                  deadline.is_never() ? std::chrono::steady_clock::time_point::max()
+                                                      : deadline.when());
+      while (op->state.load(std::memory_order_acquire) != Op::State::done &&
+             std::chrono::steady_clock::now() < until) {
+        std::this_thread::yield();
+      }
+    }
     std::unique_lock lock(mutex_);
     auto done = [&] { return op->state == Op::State::done; };
     if (deadline.is_never()) {
@@ -438,6 +463,12 @@ class Engine {
     const bool ok = cv_.wait_until(lock, deadline.when(), [&] {
       return setup_error_ || (made_right_ >= expected_right_ && made_left_ >= expected_left_);
     });
+    if (setup_error_ && setup_error_->first == errc::connection_lost) {
+      // A peer that refused one of our connections closes the others as it gives up, and the
+      // close may be seen first: give the refusal (already on its way) a moment to arrive.
+      cv_.wait_for(lock, std::chrono::milliseconds(200),
+                   [&] { return setup_error_->first != errc::connection_lost; });
+    }
     if (setup_error_) {
       const auto [code, text] = *setup_error_;
       lock.unlock();
@@ -705,12 +736,17 @@ class Engine {
     read_header(c);
   }
 
-  // With the lock held: put a send on its connection. Equal (context, tag) always take the same
+  // With the lock held: the connection a send goes on. Equal (context, tag) always take the same
   // connection, so they arrive in posting order; different tags spread over all connections.
-  void enqueue_send(Op& op) {
-    Peer& p = peers_[static_cast<std::size_t>(op.peer)];
+  Connection* connection_for(const Op& op) const {
+    const Peer& p = peers_[static_cast<std::size_t>(op.peer)];
     const std::uint64_t key = op.tag * 0x9E3779B97F4A7C15ULL ^ op.context;
-    Connection* c = p.connections[(key >> 32) % p.connections.size()];
+    return p.connections[(key >> 32) % p.connections.size()];
+  }
+
+  // With the lock held: put a send on its connection's queue, for the I/O thread.
+  void enqueue_send(Op& op) {
+    Connection* c = connection_for(op);
     op.connection = c;
     c->send_queue.push_back(&op);
     if (!c->writing) {
@@ -738,8 +774,43 @@ class Engine {
       }
     }
     if (abort_frame) return abort_frame();
+    write_from(c, op, 0);
+  }
+
+  // With the lock held, from the posting thread: writes a small send on an idle connection at
+  // once, without waking the I/O thread (which would cost a wake-up on the latency path). The
+  // syscall is made under the lock, which is what keeps the socket open meanwhile (sockets are
+  // closed only after their peer is marked failed under the lock), so only sends up to
+  // `direct_send_limit` go this way. Whatever the kernel does not take at once (a full socket
+  // buffer, an error) the I/O thread finishes, as for any other send.
+  void send_now(Connection& c, Op& op) {
+    op.connection = &c;
+    op.state = Op::State::active;
+    iovec parts[2] = {{op.header.data(), op.header.size()},
+                      {const_cast<std::byte*>(op.send_data), op.bytes}};
+    msghdr message{};
+    message.msg_iov = parts;
+    message.msg_iovlen = op.bytes == 0 ? 1 : 2;
+    ssize_t sent;
+    do {
+      sent = ::sendmsg(c.socket.native_handle(), &message, MSG_DONTWAIT | MSG_NOSIGNAL);
+    } while (sent < 0 && errno == EINTR);
+    if (sent == static_cast<ssize_t>(op.header.size() + op.bytes)) {
+      finish(op, {});
+      return;
+    }
+    c.writing = true;
+    const std::size_t written = sent > 0 ? static_cast<std::size_t>(sent) : 0;
+    asio::post(io_, [this, c = &c, op = &op, written] { write_from(c, op, written); });
+  }
+
+  // Writes `op` (header and payload) from byte `offset` on, then the rest of the queue.
+  void write_from(Connection* c, Op* op, std::size_t offset) {
+    const std::size_t header = op->header.size();
     const std::array<asio::const_buffer, 2> buffers = {
-        asio::buffer(op->header), asio::buffer(op->send_data, op->bytes)};
+        asio::buffer(op->header.data() + std::min(offset, header), header - std::min(offset, header)),
+        asio::buffer(op->send_data + (offset > header ? offset - header : 0),
+                     op->bytes - (offset > header ? offset - header : 0))};
     asio::async_write(c->socket, buffers, [this, c, op](std::error_code ec, std::size_t) {
       {
         std::lock_guard lock(mutex_);
@@ -818,10 +889,9 @@ class Engine {
         target = c->discard.data();
         c->reading_into = nullptr;
       } else {
-        p.unexpected.push_back({h.context, h.tag, std::vector<std::byte>(h.bytes), false, false, nullptr});
-        c->reading_unexpected = std::prev(p.unexpected.end());
+        c->reading_unexpected = stash(p, h);
         c->reading_to_unexpected = true;
-        target = c->reading_unexpected->data.data();
+        target = c->reading_unexpected->data();
       }
     }
     cv_.notify_all();
@@ -852,19 +922,19 @@ class Engine {
         c->reading_to_unexpected = false;
         auto it = c->reading_unexpected;
         if (it->orphaned) {
-          peers_[static_cast<std::size_t>(c->peer)].unexpected.erase(it);
+          unstash(peers_[static_cast<std::size_t>(c->peer)].unexpected, it);
         } else if (!ec) {
           it->complete = true;
           if (Op* op = it->claimed_by) {
             // Claimed while arriving: hand it over now (rare, so copying under the lock is fine).
             std::error_code result;
-            if (it->data.size() != op->bytes) {
+            if (it->size != op->bytes) {
               result = errc::protocol_error;
             } else if (op->bytes != 0) {
-              std::memcpy(op->recv_data, it->data.data(), op->bytes);
+              std::memcpy(op->recv_data, it->data(), op->bytes);
             }
             finish(*op, result);
-            peers_[static_cast<std::size_t>(c->peer)].unexpected.erase(it);
+            unstash(peers_[static_cast<std::size_t>(c->peer)].unexpected, it);
           }
         }
       }
@@ -967,7 +1037,7 @@ class Engine {
           it->orphaned = true;
           ++it;
         } else {
-          it = p.unexpected.erase(it);
+          unstash(p.unexpected, it++);
         }
       }
       for (Connection* c : p.connections) {
@@ -980,7 +1050,7 @@ class Engine {
         }
       }
       p.connections.clear();
-      if (setup_pending()) setup_error_ = {code, "lost rank " + std::to_string(peer) + " during set-up: " + why};
+      if (setup_pending()) note_setup_error(code, "lost rank " + std::to_string(peer) + " during set-up: " + why);
     }
     cv_.notify_all();
     for (Connection* c : to_close) {
@@ -998,10 +1068,18 @@ class Engine {
 
   bool setup_pending() const { return made_right_ < expected_right_ || made_left_ < expected_left_; }
 
+  // Keeps the most telling set-up error: a refusal, which names both ends of a mis-wiring, over
+  // the loss of a connection, which is often only its consequence (the refusing rank gave up).
+  void note_setup_error(errc code, const std::string& text) {
+    if (!setup_error_ || (setup_error_->first == errc::connection_lost && code != errc::connection_lost)) {
+      setup_error_ = {code, text};
+    }
+  }
+
   void setup_failed(int peer, errc code, const std::string& text) {
     {
       std::lock_guard lock(mutex_);
-      if (setup_pending() && !setup_error_) setup_error_ = {code, text};
+      if (setup_pending()) note_setup_error(code, text);
     }
     cv_.notify_all();
     // After set-up this is an on-demand connection: its peer's operations fail with the reason.
@@ -1009,8 +1087,50 @@ class Engine {
   }
 
   void finish(Op& op, std::error_code result) {
-    op.state = Op::State::done;
     op.result = result;
+    op.state.store(Op::State::done, std::memory_order_release);
+  }
+
+  // Appends a record for an unexpected message of `h.bytes` to `p.unexpected`, reusing a spare
+  // record and its buffer when one is large enough (the smallest such), so that steady traffic
+  // neither allocates nor faults in fresh pages.
+  std::list<Unexpected>::iterator stash(Peer& p, const Header& h) {
+    auto best = spare_.end();
+    for (auto it = spare_.begin(); it != spare_.end(); ++it) {
+      if (it->capacity >= h.bytes && (best == spare_.end() || it->capacity < best->capacity)) best = it;
+    }
+    if (best == spare_.end()) {
+      spare_.emplace_front();
+      best = spare_.begin();
+    }
+    if (best->capacity < h.bytes) {
+      spare_bytes_ -= best->capacity;
+      best->buffer.reset();
+      best->capacity = 0;
+      best->buffer.reset(new std::byte[h.bytes]);
+      best->capacity = h.bytes;
+    } else {
+      spare_bytes_ -= best->capacity;
+    }
+    best->context = h.context;
+    best->tag = h.tag;
+    best->size = h.bytes;
+    best->complete = false;
+    best->orphaned = false;
+    best->claimed_by = nullptr;
+    p.unexpected.splice(p.unexpected.end(), spare_, best);
+    return std::prev(p.unexpected.end());
+  }
+
+  // Returns a record taken from `from` to the spare list; past `spare_limit` bytes of spare
+  // buffers, its buffer goes back to the system instead.
+  void unstash(std::list<Unexpected>& from, std::list<Unexpected>::iterator it) {
+    if (spare_bytes_ + it->capacity > spare_limit) {
+      it->buffer.reset();
+      it->capacity = 0;
+    }
+    spare_bytes_ += it->capacity;
+    spare_.splice(spare_.begin(), from, it);
   }
 
   Op* allocate() {
@@ -1063,6 +1183,12 @@ class Engine {
   std::vector<std::unique_ptr<Connection>> connections_;
   std::vector<std::unique_ptr<Op[]>> pool_;
   Op* free_ = nullptr;
+  // Sends up to this size are written by the posting thread when their connection is idle.
+  static constexpr std::size_t direct_send_limit = std::size_t{64} << 10;
+  // Unexpected-message records not in use, with their buffers (at most `spare_limit` bytes).
+  static constexpr std::size_t spare_limit = std::size_t{64} << 20;
+  std::list<Unexpected> spare_;
+  std::size_t spare_bytes_ = 0;
   int draining_ = 0;  // connections shut by abort() and not yet at their end
   std::size_t expected_right_ = 0, expected_left_ = 0, made_right_ = 0, made_left_ = 0;
   std::optional<std::pair<errc, std::string>> setup_error_;
