@@ -174,6 +174,24 @@ TEST_CASE_TEMPLATE_DEFINE("float sums of random data are bit-identical on every 
 }
 TEST_CASE_TEMPLATE_APPLY(identical, AsTuple<collie::EnabledAlgorithms>::type);
 
+TEST_CASE("the ring pipeline itself handles every count, below its small-message threshold too") {
+  // The default Ring sends small all-reduces through its one-round path; with that path off, the
+  // ring's geometry must still cope with counts below the rank count and with empty blocks.
+  for (int p : rank_counts) {
+    CAPTURE(p);
+    const auto failures = run_ranks<Ring>(
+        p,
+        [](auto& c, Board& board) {
+          check_reduction<std::int32_t, Sum>(c, board, 101, 1);
+          check_reduction<float16, Sum>(c, board, 102, 1);
+          check_reduction<double, Max>(c, board, 103, 3);
+        },
+        Options{}, Ring{.small_bytes = 0});
+    for (const auto& f : failures) FAIL_CHECK(f);
+    CHECK(failures.empty());
+  }
+}
+
 TEST_CASE("mesh sums 16-bit floats of all ranks in float and rounds once") {
   // 1 + 8 × 2^-11: every partial sum 1 + k·2^-11 is a tie in float16 that rounds to even (1),
   // so rounding after each step would give 1; one rounding of the exact sum 1 + 2^-8 keeps it.

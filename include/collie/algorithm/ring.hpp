@@ -8,6 +8,7 @@
 #include <string_view>
 #include <system_error>
 
+#include "collie/algorithm/detail/direct.hpp"
 #include "collie/algorithm/detail/requests.hpp"
 #include "collie/algorithm/detail/ring_schedule.hpp"
 #include "collie/core/call.hpp"
@@ -21,13 +22,16 @@ namespace collie {
 ///
 /// | collective     | steps        | bytes sent per rank | staging              |
 /// |----------------|--------------|---------------------|----------------------|
+/// | all_reduce ≤ small_bytes | 1  | (p-1) · S (whole buffer to every peer) | (p-1) · S |
 /// | all_reduce     | 2(p-1)       | 2(p-1)/p · S        | 3 segments per lane  |
 /// | reduce_scatter | p-1          | (p-1)/p · S_in      | 3 segments per lane  |
 /// | all_gather     | p-1          | (p-1) · S_in        | none                 |
 /// | broadcast      | p-1 + segments - 1 | S (a pipelined chain from the root) | none |
 ///
 /// which is the minimum any algorithm can send, so a ring wins when bandwidth, not latency,
-/// dominates. Within each step the block is cut into `segment_bytes` segments; a segment is
+/// dominates. Below `small_bytes` latency dominates instead: 2(p-1) steps, each a message
+/// round, would cost far more than the bytes, so a small all-reduce is one direct exchange with
+/// every peer (reduced in rank order, as `Mesh` does), which talks beyond the two neighbours. Within each step the block is cut into `segment_bytes` segments; a segment is
 /// reduced and forwarded as soon as it arrives, so reduction overlaps transfer. `rings` rings run
 /// at once over disjoint parts of every block, alternating direction (ring 0 sends to rank+1,
 /// ring 1 to rank-1, ...), so a full-duplex link carries data both ways and a transport with
@@ -45,12 +49,17 @@ struct Ring {
   std::size_t rings = 2;
   /// Pipeline segment: the unit that is reduced and forwarded on its own.
   std::size_t segment_bytes = 1 << 20;
+  /// All-reduces of at most this many bytes use the one-round direct exchange; 0 never does.
+  std::size_t small_bytes = 32 * 1024;
 
   friend bool operator==(const Ring&, const Ring&) = default;
 
   template <Transport T>
   std::error_code all_reduce(T& t, Call& call, std::span<std::byte> data,
                              const Reduction& reduction) const {
+    if (data.size() <= small_bytes && t.size() > 1) {
+      return detail::direct_all_reduce(t, call, data, reduction);
+    }
     const detail::RingGeometry geo(t.size(), t.rank(), reduction.element_size,
                                    data.size() / reduction.element_size, rings, segment_bytes);
     return detail::run_ring(t, call, geo, detail::RingMode::all_reduce, data, data, &reduction);
