@@ -23,7 +23,10 @@ cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   rm -rf "$workdir"
 }
-trap cleanup EXIT INT TERM
+# Ctrl-C or SIGTERM stops every rank and ends the script with the conventional code.
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 hostfile=$workdir/hostfile.json
 python3 - "$ranks" "$connections" >"$hostfile" <<'PY'
@@ -49,6 +52,7 @@ done
 status=0
 remaining=("${pids[@]}")
 while ((${#remaining[@]} > 0)); do
+  finished=
   set +e
   wait -n -p finished "${remaining[@]}"
   code=$?
