@@ -6,9 +6,11 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <bit>
 #include <cmath>
 #include <complex>
 #include <cstdint>
+#include <cstdio>
 #include <cstring>
 #include <limits>
 #include <memory>
@@ -626,6 +628,13 @@ TEST_CASE("user functors reduce with their own semantics") {
   reduce_into(x.data(), y.data(), x.size(), MaskedXor{0xffff});
   CHECK(x == std::vector<std::int64_t>{0xffff, 0xffff, 0x0ff0, 0xffff});
 
+  // A functor sees NaNs as they are: the kernels' own rule for NaN sums is not applied to it.
+  auto second = [](float, float b) { return b; };
+  std::vector<float> nans(37, std::numeric_limits<float>::quiet_NaN());
+  const std::vector<float> numbers(37, 2.5f);
+  reduce_into(nans.data(), numbers.data(), nans.size(), second);
+  CHECK(nans == numbers);
+
   // A lambda on float: the element of larger magnitude, keeping its sign.
   auto absolute_max = [](float a, float b) { return std::fabs(b) > std::fabs(a) ? b : a; };
   std::vector<float> f = {1.0f, -5.0f, 2.0f, -0.5f};
@@ -644,4 +653,272 @@ TEST_CASE("kernels accept zero elements and a single source") {
   reduce_many(copy.data(), single, 1, 2, collie::Max{});
   CHECK(copy[0].bits() == one[0].bits());
   CHECK(copy[1].bits() == one[1].bits());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Instruction sets: the AVX2 compilation (and F16C conversions) against the portable one
+
+namespace {
+
+using collie::detail::Isa;
+using collie::detail::reduce_into_on;
+using collie::detail::reduce_many_on;
+
+template <class T>
+using bits_t = std::conditional_t<sizeof(T) == 2, std::uint16_t,
+                                  std::conditional_t<sizeof(T) == 4, std::uint32_t, std::uint64_t>>;
+
+template <class T>
+T from_bits(bits_t<T> bits) {
+  if constexpr (is_16bit_float<T>)
+    return T::from_bits(bits);
+  else
+    return std::bit_cast<T>(bits);
+}
+
+// Values that reach every special case of a floating type: any encoding (NaNs with every
+// payload and sign, signalling ones included, infinities, subnormals, both zeros), the
+// extremes, and ordinary values whose sums cancel and round at ties. Other types take the
+// random values of the tests above.
+template <class T>
+T edge_value(std::mt19937_64& random) {
+  if constexpr (std::is_same_v<T, complex64>) {
+    const float re = edge_value<float>(random);
+    return {re, edge_value<float>(random)};
+  } else if constexpr (std::is_floating_point_v<T> || is_16bit_float<T>) {
+    using Limits = std::numeric_limits<T>;
+    using Bits = bits_t<T>;
+    const Bits sign = Bits{1} << (8 * sizeof(T) - 1);
+    const Bits quiet_nan = std::bit_cast<Bits>(Limits::quiet_NaN());
+    const Bits infinity = std::bit_cast<Bits>(Limits::infinity());
+    const T specials[] = {T(0.0f),
+                          T(-0.0f),
+                          Limits::infinity(),
+                          from_bits<T>(infinity | sign),
+                          Limits::quiet_NaN(),
+                          from_bits<T>(quiet_nan | sign),
+                          Limits::signaling_NaN(),
+                          from_bits<T>(infinity | 1),         // signalling, lowest payload
+                          from_bits<T>(quiet_nan | 1 | sign),  // quiet, lowest payload
+                          Limits::denorm_min(),
+                          from_bits<T>(std::bit_cast<Bits>(Limits::denorm_min()) | sign),
+                          Limits::min(),
+                          Limits::max(),
+                          Limits::lowest(),
+                          Limits::epsilon(),
+                          T(1.0f),
+                          T(-1.0f)};
+    const std::uint64_t pick = random() % 8;
+    if (pick < 3) return from_bits<T>(static_cast<Bits>(random()));
+    if (pick < 5) return specials[random() % std::size(specials)];
+    return random_value<T>(random);
+  } else {
+    return random_value<T>(random);
+  }
+}
+
+template <class T>
+Buffer<T> edge_buffer(std::size_t count, std::mt19937_64& random) {
+  Buffer<T> values(count);
+  for (std::size_t i = 0; i < count; ++i) values[i] = edge_value<T>(random);
+  return values;
+}
+
+template <class T>
+Buffer<T> copy_of(const Buffer<T>& values) {
+  Buffer<T> copy(values.size());
+  std::copy(values.data(), values.data() + values.size(), copy.data());
+  return copy;
+}
+
+// Requires the two results to be the same bits, naming the first element that differs.
+template <class T>
+void require_same_bits(const Buffer<T>& portable, const Buffer<T>& avx2) {
+  for (std::size_t i = 0; i < portable.size(); ++i) {
+    if (!same_bits(portable[i], avx2[i])) {
+      auto hex = [](const T& value) {
+        std::uint64_t bits = 0;
+        std::memcpy(&bits, &value, std::min(sizeof(T), sizeof bits));
+        char text[24];
+        std::snprintf(text, sizeof text, "%#llx", static_cast<unsigned long long>(bits));
+        return std::string(text);
+      };
+      FAIL("element " << i << ": portable bits " << hex(portable[i]) << ", AVX2 bits "
+                      << hex(avx2[i]));
+    }
+  }
+}
+
+// Both kernels, every aliasing the algorithms use, on lengths around the 16-element blocks of
+// the x86 passes and the tiles of the portable ones.
+template <class T, class Op>
+void check_isas_agree(std::mt19937_64& random) {
+  CAPTURE(Op::name);
+  constexpr std::size_t tile = tile_for<T, Op>;
+  for (std::size_t count : {std::size_t{0}, std::size_t{1}, std::size_t{7}, std::size_t{8},
+                            std::size_t{15}, std::size_t{16}, std::size_t{17}, std::size_t{31},
+                            std::size_t{33}, tile - 1, tile, tile + 1, 2 * tile + 13,
+                            std::size_t{100'003}}) {
+    CAPTURE(count);
+    std::vector<Buffer<T>> sources;
+    for (int s = 0; s < 5; ++s) sources.push_back(edge_buffer<T>(count, random));
+
+    Buffer<T> into_portable = copy_of(sources[0]);
+    Buffer<T> into_avx2 = copy_of(sources[0]);
+    reduce_into_on<Isa::portable>(into_portable.data(), sources[1].data(), count, Op{});
+    reduce_into_on<Isa::x86_avx2>(into_avx2.data(), sources[1].data(), count, Op{});
+    require_same_bits(into_portable, into_avx2);
+
+    for (std::size_t nsrc = 1; nsrc <= sources.size(); ++nsrc) {
+      CAPTURE(nsrc);
+      // alias == nsrc: a separate destination; otherwise dst is (a copy of) srcs[alias].
+      for (std::size_t alias : {nsrc, std::size_t{0}, nsrc / 2, nsrc - 1}) {
+        CAPTURE(alias);
+        Buffer<T> results[2] = {Buffer<T>(count), Buffer<T>(count)};
+        for (int isa = 0; isa < 2; ++isa) {
+          std::vector<const T*> pointers;
+          for (std::size_t s = 0; s < nsrc; ++s) pointers.push_back(sources[s].data());
+          if (alias < nsrc) {
+            std::copy(sources[alias].data(), sources[alias].data() + count, results[isa].data());
+            pointers[alias] = results[isa].data();
+          }
+          if (isa == 0) {
+            reduce_many_on<Isa::portable>(results[0].data(), pointers.data(), nsrc, count, Op{});
+          } else {
+            reduce_many_on<Isa::x86_avx2>(results[1].data(), pointers.data(), nsrc, count, Op{});
+          }
+        }
+        require_same_bits(results[0], results[1]);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+TEST_CASE("the kernels run the best instruction set this CPU has") {
+  CHECK(collie::detail::isa_supported(Isa::portable));
+  const Isa selected = collie::detail::selected_isa();
+  CHECK(collie::detail::isa_supported(selected));
+  CHECK(collie::detail::name(Isa::portable) == "portable");
+  CHECK(collie::detail::name(Isa::x86_avx2) == "x86-avx2");
+  MESSAGE("reduction kernels use " << collie::detail::name(selected));
+  if (collie::detail::isa_supported(Isa::x86_avx2)) CHECK(selected == Isa::x86_avx2);
+}
+
+TEST_CASE_TEMPLATE_DEFINE(
+    "the AVX2 kernels give the portable kernels' bits on special values and ragged lengths", T,
+    isa_id) {
+  if (!collie::detail::isa_supported(Isa::x86_avx2)) {
+    MESSAGE("skipped: this CPU has no AVX2 and F16C");
+    return;
+  }
+  std::mt19937_64 random(4242);
+  check_isas_agree<T, collie::Sum>(random);
+  check_isas_agree<T, collie::Prod>(random);
+  check_isas_agree<T, collie::Max>(random);
+  check_isas_agree<T, collie::Min>(random);
+}
+TEST_CASE_TEMPLATE_APPLY(isa_id, AllElementTypes);
+
+TEST_CASE_TEMPLATE("on AVX2, every 16-bit encoding converts, adds and multiplies to the same bits",
+                   T, float16, bfloat16) {
+  if (!collie::detail::isa_supported(Isa::x86_avx2)) {
+    MESSAGE("skipped: this CPU has no AVX2 and F16C");
+    return;
+  }
+  // Every encoding against 64 factors. A product of two 16-bit values is exact in float, with
+  // up to twice the bits the type keeps, so rounding it back meets every case: ties either
+  // way, carries into the exponent, overflow to Inf, subnormal results, NaNs of every payload.
+  constexpr std::size_t encodings = 65536;
+  constexpr std::size_t factors = 64;
+  std::mt19937_64 random(77);
+  Buffer<T> a(encodings * factors);
+  Buffer<T> b(encodings * factors);
+  for (std::size_t k = 0; k < factors; ++k) {
+    const T factor = edge_value<T>(random);
+    for (std::size_t i = 0; i < encodings; ++i) {
+      a[k * encodings + i] = T::from_bits(static_cast<std::uint16_t>(i));
+      b[k * encodings + i] = factor;
+    }
+  }
+  const T* pair[] = {a.data(), b.data()};
+  const T* single[] = {a.data()};
+  for (int op = 0; op < 3; ++op) {
+    CAPTURE(op);
+    Buffer<T> results[2] = {Buffer<T>(a.size()), Buffer<T>(a.size())};
+    for (int isa = 0; isa < 2; ++isa) {
+      auto run = [&](const auto& reduction) {
+        // op 0 converts (one source: widen and round back), op 1 adds, op 2 multiplies.
+        const std::size_t nsrc = op == 0 ? 1 : 2;
+        const T* const* sources = op == 0 ? single : pair;
+        if (isa == 0) {
+          reduce_many_on<Isa::portable>(results[0].data(), sources, nsrc, a.size(), reduction);
+        } else {
+          reduce_many_on<Isa::x86_avx2>(results[1].data(), sources, nsrc, a.size(), reduction);
+        }
+      };
+      if (op == 2) {
+        run(collie::Prod{});
+      } else {
+        run(collie::Sum{});
+      }
+    }
+    require_same_bits(results[0], results[1]);
+  }
+  // Conversion alone is also exact against the scalar conversions.
+  Buffer<T> converted(encodings);
+  reduce_many_on<Isa::x86_avx2>(converted.data(), single, 1, encodings, collie::Sum{});
+  for (std::size_t i = 0; i < encodings; ++i) {
+    REQUIRE(converted[i].bits() == T(static_cast<float>(a[i])).bits());
+  }
+}
+
+TEST_CASE_TEMPLATE("on x86-64, a NaN meeting a NaN keeps the first one's payload on both "
+                   "instruction sets",
+                   T, float, double, float16, bfloat16) {
+  if (!COLLIE_DETAIL_X86_KERNELS) {
+    MESSAGE("skipped: only x86-64 builds fix which NaN a sum or product returns");
+    return;
+  }
+  using Bits = bits_t<T>;
+  const Bits quiet_nan = std::bit_cast<Bits>(std::numeric_limits<T>::quiet_NaN());
+  const Bits sign = Bits{1} << (8 * sizeof(T) - 1);
+  // Two quiet NaNs that differ in sign and payload, 40 times (several vectors and a tail).
+  const std::size_t count = 40;
+  const Buffer<T> first = [&] {
+    Buffer<T> values(count);
+    for (std::size_t i = 0; i < count; ++i) values[i] = from_bits<T>(quiet_nan | 1);
+    return values;
+  }();
+  const Buffer<T> second = [&] {
+    Buffer<T> values(count);
+    for (std::size_t i = 0; i < count; ++i) values[i] = from_bits<T>(quiet_nan | 2 | sign);
+    return values;
+  }();
+  for (Isa isa : {Isa::portable, Isa::x86_avx2}) {
+    if (!collie::detail::isa_supported(isa)) continue;
+    CAPTURE(collie::detail::name(isa));
+    auto check = [&](auto op) {
+      CAPTURE(decltype(op)::name);
+      Buffer<T> into = copy_of(first);
+      Buffer<T> many(count);
+      const T* sources[] = {first.data(), second.data()};
+      if (isa == Isa::portable) {
+        reduce_into_on<Isa::portable>(into.data(), second.data(), count, op);
+        reduce_many_on<Isa::portable>(many.data(), sources, 2, count, op);
+      } else {
+        reduce_into_on<Isa::x86_avx2>(into.data(), second.data(), count, op);
+        reduce_many_on<Isa::x86_avx2>(many.data(), sources, 2, count, op);
+      }
+      for (std::size_t i = 0; i < count; ++i) {
+        REQUIRE(same_bits(into[i], first[i]));
+        REQUIRE(same_bits(many[i], first[i]));
+      }
+    };
+    check(collie::Sum{});
+    check(collie::Prod{});
+    check(collie::Max{});
+    check(collie::Min{});
+  }
 }

@@ -1,6 +1,8 @@
 // `collie::bfloat16`: the upper half of an IEEE binary32, stored as its 16 bits, with exact
 // widening to `float` and correctly rounded narrowing, written as branchless bit manipulation
-// so that the reduction kernels' conversion loops vectorize without any intrinsic.
+// so that the reduction kernels' conversion loops vectorize without any intrinsic. On AVX2 CPUs
+// the kernels run the same integer rounding on 256-bit vectors of their own
+// (core/detail/reduce_x86.hpp); these functions are the reference it is tested against.
 #pragma once
 
 #include <bit>

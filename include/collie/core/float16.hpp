@@ -1,6 +1,8 @@
 // `collie::float16`: an IEEE 754 binary16 value stored as its 16 bits, with exact widening to
 // `float` and correctly rounded narrowing, written as branchless bit manipulation so that the
 // reduction kernels' conversion loops vectorize without F16C, `_Float16` or any intrinsic.
+// Where the CPU has F16C the kernels convert in hardware instead (core/detail/reduce_x86.hpp),
+// bit for bit as these functions do: they remain the reference and the path for other CPUs.
 #pragma once
 
 #include <bit>
