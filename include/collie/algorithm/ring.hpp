@@ -31,8 +31,9 @@ namespace collie {
 /// which is the minimum any algorithm can send, so a ring wins when bandwidth, not latency,
 /// dominates. Below `small_bytes` latency dominates instead: 2(p-1) steps, each a message
 /// round, would cost far more than the bytes, so a small all-reduce is one direct exchange with
-/// every peer (reduced in rank order, as `Mesh` does), which talks beyond the two neighbours. Within each step the block is cut into `segment_bytes` segments; a segment is
-/// reduced and forwarded as soon as it arrives, so reduction overlaps transfer. `rings` rings run
+/// every peer (reduced in rank order, as `Mesh` does), which talks beyond the two neighbours.
+/// Within each step the block is cut into `segment_bytes` segments; a segment is reduced and
+/// forwarded as soon as it arrives, so reduction overlaps transfer. `rings` rings run
 /// at once over disjoint parts of every block, alternating direction (ring 0 sends to rank+1,
 /// ring 1 to rank-1, ...), so a full-duplex link carries data both ways and a transport with
 /// several connections per neighbour can stripe rings across them.

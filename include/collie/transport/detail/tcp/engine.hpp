@@ -1103,14 +1103,12 @@ class Engine {
       spare_.emplace_front();
       best = spare_.begin();
     }
+    spare_bytes_ -= best->capacity;
     if (best->capacity < h.bytes) {
-      spare_bytes_ -= best->capacity;
-      best->buffer.reset();
+      best->buffer.reset();  // the old buffer goes before the new one comes
       best->capacity = 0;
       best->buffer.reset(new std::byte[h.bytes]);
       best->capacity = h.bytes;
-    } else {
-      spare_bytes_ -= best->capacity;
     }
     best->context = h.context;
     best->tag = h.tag;
