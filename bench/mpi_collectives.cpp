@@ -35,6 +35,10 @@
 
 namespace {
 
+using collie::bench::is_reduction;
+using collie::bench::per_rank_blocks;
+using collie::bench::redop_of;
+
 constexpr int exit_ok = 0, exit_wrong = 1, exit_usage = 2;
 
 constexpr std::array<std::string_view, 9> op_names = {
@@ -54,23 +58,6 @@ struct Config {
 struct UsageError : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-
-bool is_reduction(std::string_view op) {
-  return op == "all_sum" || op == "all_prod" || op == "all_max" || op == "all_min";
-}
-
-// Operations whose buffers split into one block per rank, so their counts must divide by it.
-bool per_rank_blocks(std::string_view op) {
-  return op == "all_gather" || op == "sum_scatter" || op == "all_to_all";
-}
-
-std::string_view redop_of(std::string_view op) {
-  if (op == "all_sum" || op == "sum_scatter") return "sum";
-  if (op == "all_prod") return "prod";
-  if (op == "all_max") return "max";
-  if (op == "all_min") return "min";
-  return "none";
-}
 
 MPI_Op mpi_op_of(std::string_view op) {
   if (op == "all_prod") return MPI_PROD;
@@ -221,20 +208,11 @@ class Driver {
     return buffer;
   }
 
-  // The elements of the rank's input for a sweep size in bytes, and of its output.
-  std::size_t in_count(std::size_t bytes) const {
-    const std::size_t count = bytes / sizeof(T);
-    return config_.op == "all_gather" ? count / static_cast<std::size_t>(ranks_) : count;
-  }
-  std::size_t out_count(std::size_t bytes) const {
-    const std::size_t count = bytes / sizeof(T);
-    return config_.op == "sum_scatter" ? count / static_cast<std::size_t>(ranks_) : count;
-  }
-  // The count column as nccl-tests prints it: per-rank send count for all-gather, receive count
-  // for reduce-scatter, one block for all-to-all, the whole buffer otherwise.
-  std::size_t row_count(std::size_t bytes) const {
-    const std::size_t count = bytes / sizeof(T);
-    return per_rank_blocks(config_.op) ? count / static_cast<std::size_t>(ranks_) : count;
+  std::size_t in_count(std::size_t bytes) const { return counts(bytes).in; }
+  std::size_t out_count(std::size_t bytes) const { return counts(bytes).out; }
+  std::size_t row_count(std::size_t bytes) const { return counts(bytes).row; }
+  collie::bench::Counts counts(std::size_t bytes) const {
+    return collie::bench::counts(config_.op, bytes, sizeof(T), ranks_);
   }
 
   int partner() const { return (rank_ ^ 1) < ranks_ ? rank_ ^ 1 : MPI_PROC_NULL; }

@@ -175,6 +175,38 @@ inline std::vector<std::size_t> sizes(const Sweep& sweep, std::size_t element_by
   return out;
 }
 
+/// The reductions the drivers know (all_sum, all_prod, all_max, all_min).
+inline bool is_reduction(std::string_view op) {
+  return op == "all_sum" || op == "all_prod" || op == "all_max" || op == "all_min";
+}
+
+/// Operations whose buffers split into one block per rank, so their counts must divide by it.
+inline bool per_rank_blocks(std::string_view op) {
+  return op == "all_gather" || op == "sum_scatter" || op == "all_to_all";
+}
+
+/// The nccl-tests "redop" column for an operation ("none" for data movement).
+inline std::string_view redop_of(std::string_view op) {
+  if (op == "all_sum" || op == "sum_scatter") return "sum";
+  if (op == "all_prod") return "prod";
+  if (op == "all_max") return "max";
+  if (op == "all_min") return "min";
+  return "none";
+}
+
+/// Element counts of one rank's input and output for a sweep size of `bytes`, and the count
+/// column as nccl-tests prints it (per-rank send count for all-gather, receive count for
+/// reduce-scatter, one block for all-to-all, the whole buffer otherwise).
+struct Counts {
+  std::size_t in = 0, out = 0, row = 0;
+};
+inline Counts counts(std::string_view op, std::size_t bytes, std::size_t element_bytes, int ranks) {
+  const std::size_t count = bytes / element_bytes;
+  const auto n = static_cast<std::size_t>(ranks);
+  return {op == "all_gather" ? count / n : count, op == "sum_scatter" ? count / n : count,
+          per_rank_blocks(op) ? count / n : count};
+}
+
 /// busbw / algbw for an operation on `ranks` ranks, as nccl-tests defines it: what a link of the
 /// optimal ring carries relative to the buffer size. all_sum, all_prod, all_max, all_min,
 /// all_reduce: 2(n-1)/n; all_gather, sum_scatter, reduce_scatter, all_to_all: (n-1)/n;
