@@ -90,7 +90,7 @@ TEST_CASE_TEMPLATE_DEFINE("sum_scatter gives rank k the sum of block k", Algorit
   for_every_rank_count([](int p) {
     return run_ranks<Algorithm>(p, [](auto& c, Board& board) {
       const int n = c.size();
-      for_each_type(detail::ElementTypes{}, [&]<class E>() {
+      for_each_type(CheckedTypes{}, [&]<class E>() {
         for (std::size_t count : block_counts(n)) {
           const std::size_t total = count * static_cast<std::size_t>(n);
           Array<E> in(total);

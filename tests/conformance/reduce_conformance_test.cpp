@@ -83,9 +83,10 @@ void check_reduction(C& c, Board& board, std::uint64_t type_id, std::uint64_t op
 
 template <class C>
 void check_every_type_and_op(C& c, Board& board) {
-  for_each_type(detail::ElementTypes{}, [&]<class E>() {
+  for_each_type(CheckedTypes{}, [&]<class E>() {
     constexpr std::uint64_t type_id = detail::type_index_v<E, detail::ElementTypes> + 1;
-    if constexpr (type_id % COLLIE_CONFORMANCE_PARTS == COLLIE_CONFORMANCE_PART) {
+    if constexpr (detail::type_index_v<E, CheckedTypes> % COLLIE_CONFORMANCE_PARTS ==
+                  COLLIE_CONFORMANCE_PART) {
       check_reduction<E, Sum>(c, board, type_id, 1);
       check_reduction<E, Prod>(c, board, type_id, 2);
       check_reduction<E, Max>(c, board, type_id, 3);

@@ -65,7 +65,7 @@ void conformance(C& world) {
   const int p = world.size();
   const int r = world.rank();
   std::uint64_t type_id = 0;
-  for_each_type(detail::ElementTypes{}, [&]<class E>() {
+  for_each_type(CheckedTypes{}, [&]<class E>() {
     type_id += 1000000;
     check_reduction<E, Sum>(world, type_id + 100000);
     check_reduction<E, Prod>(world, type_id + 200000);

@@ -8,7 +8,9 @@
 
 #include <asio.hpp>
 
+#include <algorithm>
 #include <chrono>
+#include <cstdint>
 #include <functional>
 #include <mutex>
 #include <string>
@@ -83,11 +85,13 @@ TcpConfig config_for(int rank, const std::vector<std::vector<Endpoint>>& hosts) 
 }
 
 template <class Algorithm>
-void check_collectives(int p, int connections) {
+void check_collectives(int p, int connections, std::chrono::microseconds spin = {}) {
   const auto hosts = loopback_hosts(p, connections);
   Ranks ranks;
   ranks.run(p, [&](int r) {
-    Collective<TcpTransport, Algorithm> c(TcpTransport::connect(config_for(r, hosts)));
+    TcpConfig config = config_for(r, hosts);
+    config.spin = spin;
+    Collective<TcpTransport, Algorithm> c(TcpTransport::connect(std::move(config)));
     for (std::size_t count : {std::size_t{0}, std::size_t{1}, static_cast<std::size_t>(p) + 1,
                               std::size_t{300007}}) {
       std::vector<double> x(count, r + 1.0);
@@ -139,6 +143,45 @@ TEST_CASE("ring and mesh collectives run over TCP with 1 and 2 connections per n
       check_collectives<Mesh>(p, k);
     }
   }
+}
+
+TEST_CASE("with spinning waits (COLLIE_SPIN_US), ring and mesh results stay right") {
+  for (int p : {2, 3}) {
+    for (int k : {1, 2}) {
+      CAPTURE(p);
+      CAPTURE(k);
+      check_collectives<Ring>(p, k, 200ms);
+      check_collectives<Mesh>(p, k, 200ms);
+    }
+  }
+}
+
+TEST_CASE("a stream of mixed-size messages arrives whole and in order, early or late") {
+  // Small ones written by the posting thread, large ones by the I/O thread; some arrive before
+  // their receive is posted (kept as unexpected messages), some after.
+  const auto hosts = loopback_hosts(2, 1);
+  Ranks ranks;
+  ranks.run(2, [&](int r) {
+    Collective<TcpTransport, Ring> c(TcpTransport::connect(config_for(r, hosts)));
+    const std::size_t sizes[] = {0, 1, 7, 4096, 65536, 65537, 300000, 3, 2 << 20, 12};
+    for (int round = 0; round < 20; ++round) {
+      for (std::size_t i = 0; i < std::size(sizes); ++i) {
+        const auto fill = static_cast<std::uint8_t>(round * 31 + i);
+        if (r == 0) {
+          c.send(std::vector<std::uint8_t>(sizes[i], fill), 1);
+        } else {
+          if ((round + i) % 3 == 0) std::this_thread::sleep_for(1ms);  // let it arrive first
+          std::vector<std::uint8_t> got(sizes[i], static_cast<std::uint8_t>(~fill));
+          c.recv(got, 0);
+          if (std::count(got.begin(), got.end(), fill) != static_cast<std::ptrdiff_t>(sizes[i])) {
+            ranks.fail("round " + std::to_string(round) + " message " + std::to_string(i) +
+                       " (" + std::to_string(sizes[i]) + " bytes) is wrong");
+          }
+        }
+      }
+    }
+    c.barrier();
+  });
 }
 
 TEST_CASE("a connection from another job is refused, and both ends say why") {
@@ -238,6 +281,30 @@ TEST_CASE("when a peer aborts, every pending operation on it fails at once") {
     c.all_sum(x, ec);
     if (ec != errc::connection_lost) ranks.fail("rank " + std::to_string(r) + ": " + ec.message());
     if (std::chrono::steady_clock::now() - start > 5s) ranks.fail("failure took too long");
+  });
+}
+
+TEST_CASE("a caller spinning on a small receive learns of its peer's abort at once, with the reason") {
+  const auto hosts = loopback_hosts(2, 1);
+  Ranks ranks;
+  ranks.run(2, [&](int r) {
+    TcpConfig config = config_for(r, hosts);
+    config.spin = 10s;
+    Collective<TcpTransport, Ring> c(TcpTransport::connect(std::move(config)));
+    c.barrier();
+    if (r == 0) {
+      std::this_thread::sleep_for(100ms);
+      c.transport().abort("rank 0 gives up");
+      return;
+    }
+    std::vector<int> x(4);
+    std::error_code ec;
+    const auto start = std::chrono::steady_clock::now();
+    c.recv(x, 0, ec);
+    if (ec != errc::connection_lost) ranks.fail("recv: " + ec.message());
+    if (std::chrono::steady_clock::now() - start > 5s) ranks.fail("the failure took too long");
+    const std::string why = c.transport().failure_reason(0);
+    if (why.find("rank 0 gives up") == std::string::npos) ranks.fail("reason lost: " + why);
   });
 }
 
