@@ -18,6 +18,7 @@ packages=(
   openmpi-bin
   libbenchmark-dev
   iproute2
+  procps
   python3
 )
 
