@@ -42,8 +42,14 @@ def launch(args, stdin=subprocess.DEVNULL, timeout=60):
     return p, time.monotonic() - start
 
 
+# A rank's shell carries a marker as its $0, and the long sleep it starts a unique duration, so
+# that either one left behind is found.
+SLEEP = str(500000 + os.getpid() % 100000)
+
+
 def left_running(marker):
-    out = subprocess.run(["pgrep", "-f", marker], capture_output=True, text=True).stdout.split()
+    out = subprocess.run(["pgrep", "-f", f"{marker}|sleep {SLEEP}"], capture_output=True,
+                         text=True).stdout.split()
     return [pid for pid in out if int(pid) != os.getpid()]
 
 
@@ -63,8 +69,8 @@ check(lines == [f"[{r}] rank {r} of 4: [4, 4, 4, 4, 4, 4, 4, 4, 4, 4]" for r in 
 
 # 2. A rank that exits 3: the launcher exits 3 within 2 s and no rank is left.
 marker = f"collie-launch-test-{os.getpid()}-fail"
-script = f'if [ "$MLX_RANK" = 2 ]; then sleep 0.5; exit 3; fi; exec sleep 60 # {marker}'
-p, took = launch(["-n", "4", "-p", str(free_ports(4)), "--", "sh", "-c", script])
+script = f'if [ "$MLX_RANK" = 2 ]; then sleep 0.5; exit 3; fi; sleep {SLEEP}'
+p, took = launch(["-n", "4", "-p", str(free_ports(4)), "--", "sh", "-c", script, marker])
 check(p.returncode == 3, f"failing rank: launcher exit {p.returncode}, expected 3")
 check(took < 2.5, f"failing rank: the launcher took {took:.1f} s (0.5 s of it the rank's sleep)")
 check("rank 2 exited with code 3" in p.stderr, f"failing rank: stderr {p.stderr!r}")
@@ -73,9 +79,9 @@ check(not left_running(marker), f"failing rank: processes left: {left_running(ma
 
 # 3. SIGTERM to the launcher reaches every rank; the launcher exits 143; nothing is left.
 marker = f"collie-launch-test-{os.getpid()}-term"
-script = f'trap "echo stopped; exit 7" TERM; echo ready; while :; do sleep 0.05; done # {marker}'
+script = 'trap "echo stopped; exit 7" TERM; echo ready; while :; do sleep 0.05; done'
 proc = subprocess.Popen([collie, "launch", "-n", "3", "-p", str(free_ports(3)), "--", "sh", "-c",
-                         script], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         script, marker], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                         stderr=subprocess.PIPE, text=True)
 ready = [proc.stdout.readline() for _ in range(3)]
 proc.send_signal(signal.SIGTERM)
@@ -131,9 +137,9 @@ check(p.returncode == 0 and sorted(p.stdout.splitlines()) ==
 # ...and a remote rank that fails: the others, in sessions the launcher cannot signal, are
 # stopped over the (stand-in) ssh.
 marker = f"collie-launch-test-{os.getpid()}-remote"
-script = f'if [ "$MLX_RANK" = 1 ]; then sleep 0.5; exit 4; fi; exec sleep 60 # {marker}'
+script = f'if [ "$MLX_RANK" = 1 ]; then sleep 0.5; exit 4; fi; sleep {SLEEP}'
 p, took = launch(["--hostfile", hosts, "-n", "2", "-p", str(free_ports(4)), "--ssh", fake_ssh,
-                  "--", "sh", "-c", script])
+                  "--", "sh", "-c", script, marker])
 check(p.returncode == 4, f"remote failure: exit {p.returncode} {p.stderr!r}")
 check(took < 2.5, f"remote failure took {took:.1f} s")
 time.sleep(0.5)

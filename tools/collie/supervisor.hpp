@@ -79,6 +79,7 @@ class Supervisor {
 
     for (const Spawn& s : job_.spawns) {
       if (!start(s)) {
+        stopping_ = true;
         stop_all(SIGTERM);
         break;
       }
@@ -151,31 +152,31 @@ class Supervisor {
     if (!exit_code_) exit_code_ = code;
   }
 
-  // Sends `sig` to every running rank (local: its process group; remote: ssh kill of the pid
-  // it reported, and the local ssh process), and plans SIGKILL for those still running later.
-  void stop_all(int sig) {
+  // Sends `sig` to every running rank: a local one's process group; a remote one's process id
+  // (reported by its first line) through ssh, and the group of its local ssh process.
+  void signal_all(int sig) {
     for (auto& c : children_) {
       if (!c.running) continue;
       ::kill(-c.pid, sig);
-      if (c.spawn.remote && c.remote_pid) {
-        run_detached(job_.ssh, c.spawn.host, "kill -" + std::to_string(sig) + " " + std::to_string(*c.remote_pid) + " 2>/dev/null");
-      }
+      if (c.spawn.remote && c.remote_pid) run_detached(c.spawn.host, remote_kill(sig, *c.remote_pid));
     }
+  }
+
+  // The command that signals a remote rank: its process group when it leads one (ssh starts the
+  // command in a session of its own, and the rank keeps the shell's process id), else itself.
+  static std::string remote_kill(int sig, long pid) {
+    const std::string s = std::to_string(sig), p = std::to_string(pid);
+    return "kill -" + s + " -" + p + " 2>/dev/null || kill -" + s + " " + p + " 2>/dev/null";
+  }
+
+  // signal_all(sig) now, SIGKILL for whatever still runs a moment later.
+  void stop_all(int sig) {
+    signal_all(sig);
     if (!kill_at_) kill_at_ = Clock::now() + std::chrono::milliseconds(1500);
   }
 
-  void kill_all_now() {
-    for (auto& c : children_) {
-      if (!c.running) continue;
-      ::kill(-c.pid, SIGKILL);
-      if (c.spawn.remote && c.remote_pid) {
-        run_detached(job_.ssh, c.spawn.host, "kill -9 " + std::to_string(*c.remote_pid) + " 2>/dev/null");
-      }
-    }
-  }
-
   // Starts `ssh host command` with no input or output, reaped with the others.
-  void run_detached(const std::vector<std::string>& ssh, const std::string& host, const std::string& command) {
+  void run_detached(const std::string& host, const std::string& command) {
     const pid_t pid = ::fork();
     if (pid == 0) {
       const int null = ::open("/dev/null", O_RDWR);
@@ -183,7 +184,7 @@ class Supervisor {
       ::dup2(null, 1);
       ::dup2(null, 2);
       ::sigprocmask(SIG_SETMASK, &old_mask_, nullptr);
-      std::vector<std::string> args = ssh;
+      std::vector<std::string> args = job_.ssh;
       args.push_back(host);
       args.push_back(command);
       std::vector<char*> argv;
@@ -222,7 +223,9 @@ class Supervisor {
       c.first_line = false;
       if (line.rfind("@collie-pid ", 0) == 0) {
         c.remote_pid = std::strtol(line.c_str() + 12, nullptr, 10);
-        if (stopping_) stop_all(SIGTERM);  // it reported after the stop went out
+        if (stopping_ && c.running) {  // it reported after the stop went out
+          run_detached(c.spawn.host, remote_kill(SIGTERM, *c.remote_pid));
+        }
         return;
       }
     }
@@ -238,7 +241,7 @@ class Supervisor {
       const int sig = static_cast<int>(info.ssi_signo);
       if (sig == SIGCHLD) continue;  // reaped below
       if (stopping_ && sig == SIGINT) {
-        kill_all_now();  // a second Ctrl-C: no more waiting
+        signal_all(SIGKILL);  // a second Ctrl-C: no more waiting
         continue;
       }
       fail(128 + sig);
@@ -326,7 +329,7 @@ class Supervisor {
       const int n = ::poll(fds.data(), fds.size(), timeout);
       if (n < 0 && errno != EINTR) break;
       if (kill_at_ && Clock::now() >= *kill_at_) {
-        kill_all_now();
+        signal_all(SIGKILL);
         kill_at_.reset();
       }
       if (n <= 0) continue;
