@@ -57,6 +57,21 @@ while ((${#remaining[@]} > 0)); do
   wait -n -p finished "${remaining[@]}"
   code=$?
   set -e
+  if [[ -z ${finished:-} ]]; then
+    # When two ranks end at once bash may collect both, then return 127 for the second without
+    # naming it: take the saved status of a rank that is gone.
+    for pid in "${remaining[@]}"; do
+      if ! kill -0 "$pid" 2>/dev/null; then
+        set +e
+        wait "$pid"
+        code=$?
+        set -e
+        finished=$pid
+        break
+      fi
+    done
+    [[ -n $finished ]] || continue
+  fi
   keep=()
   for pid in "${remaining[@]}"; do [[ $pid == "$finished" ]] || keep+=("$pid"); done
   remaining=("${keep[@]}")
