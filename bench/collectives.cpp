@@ -107,25 +107,6 @@ long long sum_period(int ranks) {
   return std::clamp<long long>(exact / std::max(ranks, 1) + 1, 2, 16);
 }
 
-// p(rank, index) of each operation; `index` is the element's index in the rank's input buffer.
-struct Pattern {
-  std::string_view op;
-  int ranks;
-  long long period;  // of the sum patterns
-
-  long long operator()(int rank, std::size_t index) const {
-    const auto i = static_cast<long long>(index % 1000003);  // keeps the arithmetic small
-    const long long r = rank;
-    if (op == "all_sum" || op == "sum_scatter") return (r + i) % period;
-    // One rank per element contributes 2, 3 or 4 and the rest 1: the product never overflows.
-    if (op == "all_prod") return i % ranks == r ? 2 + (i / ranks) % 3 : 1;
-    if (op == "all_max" || op == "all_min") return (5 * r + 3 * i) % 97;
-    // Data movement: values 1..101 (exact in every type), never the 0 that pre-fills outputs, so
-    // an element that was not written shows up as wrong.
-    return 1 + (31 * r + 7 * i) % 101;
-  }
-};
-
 // ----- the driver for one element type -----------------------------------------------------------
 
 template <class T>
@@ -275,7 +256,6 @@ class Driver {
   std::size_t check(std::size_t bytes, bool in_place) {
     const std::string_view op = config_.op;
     const std::size_t ic = in_count(bytes), oc = out_count(bytes);
-    const auto n = static_cast<std::size_t>(ranks_);
     std::fill_n(out_.get(), oc, element<T>(0));
     std::span<T> input = in_place ? std::span<T>(out_.get(), oc) : std::span<T>(in_.get(), ic);
     if (op == "all_gather" && in_place) {
@@ -288,41 +268,11 @@ class Driver {
 
     execute(bytes, in_place);
 
-    // expected(i) for output element i, folding p over the ranks in 64-bit integers.
-    auto expected = [&](std::size_t i) -> T {
-      if (is_reduction(op)) {
-        long long acc = pattern_(0, i);
-        for (int r = 1; r < ranks_; ++r) {
-          const long long p = pattern_(r, i);
-          if (op == "all_sum") acc += p;
-          if (op == "all_prod") acc *= p;
-          if (op == "all_max") acc = std::max(acc, p);
-          if (op == "all_min") acc = std::min(acc, p);
-        }
-        return element<T>(acc);
-      }
-      if (op == "sum_scatter") {
-        long long acc = 0;
-        const std::size_t index = static_cast<std::size_t>(rank_) * oc + i;
-        for (int r = 0; r < ranks_; ++r) acc += pattern_(r, index);
-        return element<T>(acc);
-      }
-      if (op == "all_gather") return element<T>(pattern_(static_cast<int>(i / ic), i % ic));
-      if (op == "broadcast") return element<T>(pattern_(config_.root, i));
-      if (op == "all_to_all") {
-        // Block k of this rank's output is block rank() of rank k's input.
-        const std::size_t block = oc / n;
-        return element<T>(pattern_(static_cast<int>(i / block),
-                                   static_cast<std::size_t>(rank_) * block + i % block));
-      }
-      // sendrecv: the partner's input; an idle rank's output stays 0.
-      const int peer = rank_ ^ 1;
-      return peer < ranks_ ? element<T>(pattern_(peer, i)) : element<T>(0);
-    };
-
+    const collie::bench::CheckPoint at{rank_, config_.root, ic, oc,
+                                       (rank_ ^ 1) < ranks_ ? rank_ ^ 1 : -1};
     std::size_t wrong = 0;
     for (std::size_t i = 0; i < oc; ++i) {
-      if (!same(out_[i], expected(i))) ++wrong;
+      if (!same(out_[i], element<T>(collie::bench::expected_value(pattern_, at, i)))) ++wrong;
     }
     return wrong;
   }
@@ -352,7 +302,7 @@ class Driver {
   collie::Group& group_;
   const Config& config_;
   int rank_, ranks_;
-  Pattern pattern_;
+  collie::bench::Pattern pattern_;
   std::unique_ptr<T[]> in_, out_;
 };
 

@@ -102,23 +102,6 @@ std::string transport_from_environment() {
 // so each expected result is an integer computed exactly here and compared exactly (sums of at
 // most 16 distinct values stay far inside every type's exact-integer range).
 
-struct Pattern {
-  std::string_view op;
-  int ranks;
-
-  long long operator()(int rank, std::size_t index) const {
-    const auto i = static_cast<long long>(index % 1000003);  // keeps the arithmetic small
-    const long long r = rank;
-    if (op == "all_sum" || op == "sum_scatter") return (r + i) % 16;
-    // One rank per element contributes 2, 3 or 4 and the rest 1: the product never overflows.
-    if (op == "all_prod") return i % ranks == r ? 2 + (i / ranks) % 3 : 1;
-    if (op == "all_max" || op == "all_min") return (5 * r + 3 * i) % 97;
-    // Data movement: 1..101, never the 0 that pre-fills outputs, so an element that was not
-    // written shows up as wrong.
-    return 1 + (31 * r + 7 * i) % 101;
-  }
-};
-
 // ----- the driver for one element type -----------------------------------------------------------
 
 template <class T>
@@ -127,7 +110,7 @@ class Driver {
   explicit Driver(const Config& config) : config_(config) {
     MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
     MPI_Comm_size(MPI_COMM_WORLD, &ranks_);
-    pattern_ = {config.op, ranks_};
+    pattern_ = {config.op, ranks_, 16};
   }
 
   int run() {
@@ -252,7 +235,6 @@ class Driver {
   std::uint64_t check(std::size_t bytes, bool in_place) {
     const std::string_view op = config_.op;
     const std::size_t ic = in_count(bytes), oc = out_count(bytes);
-    const auto n = static_cast<std::size_t>(ranks_);
     // In place, the input lives in the output buffer: all of it for sum_scatter, this rank's
     // block for all_gather.
     const std::size_t filled = op == "sum_scatter" && in_place ? ic : oc;
@@ -265,41 +247,13 @@ class Driver {
 
     execute(bytes, in_place);
 
-    // expected(i) for output element i, folding p over the ranks in 64-bit integers.
-    auto expected = [&](std::size_t i) -> long long {
-      if (is_reduction(op)) {
-        long long acc = pattern_(0, i);
-        for (int r = 1; r < ranks_; ++r) {
-          const long long p = pattern_(r, i);
-          if (op == "all_sum") acc += p;
-          if (op == "all_prod") acc *= p;
-          if (op == "all_max") acc = std::max(acc, p);
-          if (op == "all_min") acc = std::min(acc, p);
-        }
-        return acc;
-      }
-      if (op == "sum_scatter") {
-        long long acc = 0;
-        for (int r = 0; r < ranks_; ++r) acc += pattern_(r, static_cast<std::size_t>(rank_) * oc + i);
-        return acc;
-      }
-      if (op == "all_gather") return pattern_(static_cast<int>(i / ic), i % ic);
-      if (op == "broadcast") return pattern_(config_.root, i);
-      if (op == "all_to_all") {
-        // Block k of this rank's output is block rank() of rank k's input.
-        const std::size_t block = oc / n;
-        return pattern_(static_cast<int>(i / block),
-                        static_cast<std::size_t>(rank_) * block + i % block);
-      }
-      // sendrecv: the partner's input; an idle rank keeps what its output held.
-      const int peer = partner();
-      if (peer != MPI_PROC_NULL) return pattern_(peer, i);
-      return in_place ? pattern_(rank_, i) : 0;
-    };
-
+    // sendrecv: an idle rank keeps what its output held (its input, in place).
+    const int peer = partner();
+    const collie::bench::CheckPoint at{rank_, config_.root, ic, oc,
+                                       peer == MPI_PROC_NULL ? -1 : peer, in_place};
     std::uint64_t wrong = 0;
     for (std::size_t i = 0; i < oc; ++i) {
-      if (out_[i] != static_cast<T>(expected(i))) ++wrong;
+      if (out_[i] != static_cast<T>(collie::bench::expected_value(pattern_, at, i))) ++wrong;
     }
     return wrong;
   }
@@ -323,7 +277,7 @@ class Driver {
 
   const Config& config_;
   int rank_ = 0, ranks_ = 1;
-  Pattern pattern_{};
+  collie::bench::Pattern pattern_{};
   std::unique_ptr<T[]> in_, out_;
 };
 

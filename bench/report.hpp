@@ -207,6 +207,69 @@ inline Counts counts(std::string_view op, std::size_t bytes, std::size_t element
           per_rank_blocks(op) ? count / n : count};
 }
 
+/// The value rank `rank` puts at `index` of its input, as a small integer every element type
+/// holds exactly; `sum_period` bounds the sum patterns so that their totals stay exact too.
+struct Pattern {
+  std::string_view op;
+  int ranks = 1;
+  long long sum_period = 16;
+
+  long long operator()(int rank, std::size_t index) const {
+    const auto i = static_cast<long long>(index % 1000003);  // keeps the arithmetic small
+    const long long r = rank;
+    if (op == "all_sum" || op == "sum_scatter") return (r + i) % sum_period;
+    // One rank per element contributes 2, 3 or 4 and the rest 1: the product never overflows.
+    if (op == "all_prod") return i % ranks == r ? 2 + (i / ranks) % 3 : 1;
+    if (op == "all_max" || op == "all_min") return (5 * r + 3 * i) % 97;
+    // Data movement: values 1..101, never the 0 that pre-fills outputs, so an element that was
+    // not written shows up as wrong.
+    return 1 + (31 * r + 7 * i) % 101;
+  }
+};
+
+/// Where one rank's check stands: its rank, the root of a broadcast, the per-rank input and
+/// output counts, and the sendrecv partner (-1: this rank idles; its output then holds 0, or its
+/// own input where the exchange was in place and left the buffer as it was).
+struct CheckPoint {
+  int rank = 0;
+  int root = 0;
+  std::size_t in_count = 0, out_count = 0;
+  int partner = -1;
+  bool idle_keeps_input = false;
+};
+
+/// The reference model: what output element `i` of `at.rank` must hold after `pattern.op`,
+/// folding the pattern over the ranks in 64-bit integers.
+inline long long expected_value(const Pattern& pattern, const CheckPoint& at, std::size_t i) {
+  const std::string_view op = pattern.op;
+  if (is_reduction(op)) {
+    long long acc = pattern(0, i);
+    for (int r = 1; r < pattern.ranks; ++r) {
+      const long long p = pattern(r, i);
+      if (op == "all_sum") acc += p;
+      if (op == "all_prod") acc *= p;
+      if (op == "all_max") acc = std::max(acc, p);
+      if (op == "all_min") acc = std::min(acc, p);
+    }
+    return acc;
+  }
+  if (op == "sum_scatter") {
+    long long acc = 0;
+    const std::size_t index = static_cast<std::size_t>(at.rank) * at.out_count + i;
+    for (int r = 0; r < pattern.ranks; ++r) acc += pattern(r, index);
+    return acc;
+  }
+  if (op == "all_gather") return pattern(static_cast<int>(i / at.in_count), i % at.in_count);
+  if (op == "broadcast") return pattern(at.root, i);
+  if (op == "all_to_all") {
+    // Block k of this rank's output is block `rank` of rank k's input.
+    const std::size_t block = at.out_count / static_cast<std::size_t>(pattern.ranks);
+    return pattern(static_cast<int>(i / block), static_cast<std::size_t>(at.rank) * block + i % block);
+  }
+  if (at.partner >= 0) return pattern(at.partner, i);  // sendrecv
+  return at.idle_keeps_input ? pattern(at.rank, i) : 0;
+}
+
 /// busbw / algbw for an operation on `ranks` ranks, as nccl-tests defines it: what a link of the
 /// optimal ring carries relative to the buffer size. all_sum, all_prod, all_max, all_min,
 /// all_reduce: 2(n-1)/n; all_gather, sum_scatter, reduce_scatter, all_to_all: (n-1)/n;

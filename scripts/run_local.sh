@@ -54,7 +54,7 @@ remaining=("${pids[@]}")
 while ((${#remaining[@]} > 0)); do
   finished=
   set +e
-  wait -n -p finished "${remaining[@]}"
+  wait -n -p finished "${remaining[@]}" 2>/dev/null
   code=$?
   set -e
   if [[ -z ${finished:-} ]]; then
