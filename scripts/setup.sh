@@ -18,6 +18,7 @@ packages=(
   openmpi-bin
   libbenchmark-dev
   iproute2
+  iputils-ping
   procps
   python3
 )

@@ -2,8 +2,9 @@
 //
 //   collie launch -n 4 -- ./my_program args...          4 ranks on this machine (ring backend)
 //   collie launch --hostfile hosts.json -- ./my_program  one or more ranks per host, over ssh
+//   collie config --hosts n1,n2,n3 --output hosts.json   find the hosts' links, write the hostfile
 //
-// See docs/launch.md.
+// See docs/launch.md and docs/config.md.
 #include <CLI/CLI.hpp>
 
 #include <cstdio>
@@ -11,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "tools/collie/config.hpp"
 #include "tools/collie/hosts.hpp"
 #include "tools/collie/launch.hpp"
 #include "tools/collie/supervisor.hpp"
@@ -36,6 +38,22 @@ void add_launch(CLI::App& app, collie::tools::LaunchOptions& o) {
   launch->prefix_command();
 }
 
+void add_config(CLI::App& app, collie::tools::ConfigOptions& o) {
+  auto* config = app.add_subcommand("config", "Find which hosts share links, check for a ring or mesh, and write the hostfile");
+  config->add_option("--hosts", o.hosts, "Comma-separated hosts to ssh to");
+  config->add_option("--hostfile", o.hostfile, "Take the hosts from this hostfile");
+  config->add_option("--over", o.over, "links (point-to-point cables; also: thunderbolt) or ethernet (the hosts' main addresses)")->capture_default_str();
+  config->add_option("--backend", o.backend, "ring, jaccl or jaccl-ring (default: jaccl over an RDMA mesh, jaccl-ring over an RDMA ring, else ring)");
+  config->add_option("--output,--output-hostfile", o.output, "Write the hostfile here (default: standard output)");
+  config->add_flag("--dot", o.dot, "Print the hosts and links as a Graphviz graph");
+  config->add_flag("--auto-setup", o.auto_setup, "Run the commands that address the links (needs root or password-less sudo)");
+  config->add_option("--subnet", o.subnet, "Network the links' /30 subnets are taken from")->capture_default_str();
+  config->add_option("--env", o.env, "K=V for the hostfile's \"envs\" (repeatable)");
+  config->add_option("--ssh", o.ssh, "Command that runs a shell command on a host: <ssh> HOST COMMAND")->capture_default_str();
+  config->add_option("--timeout", o.timeout_s, "Seconds each step may take on a host")->capture_default_str();
+  config->add_flag("--verbose", o.verbose, "Also list every host's interfaces");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -43,6 +61,8 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   collie::tools::LaunchOptions launch_options;
   add_launch(app, launch_options);
+  collie::tools::ConfigOptions config_options;
+  add_config(app, config_options);
 
   // The command after `--` is taken as it is, options and all.
   std::vector<std::string> command;
@@ -59,7 +79,9 @@ int main(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  const char* name = app.got_subcommand("config") ? "config" : "launch";
   try {
+    if (app.got_subcommand("config")) return collie::tools::run_config(config_options);
     if (app.got_subcommand("launch")) {
       auto* launch = app.get_subcommand("launch");
       launch_options.command = launch->remaining();
@@ -72,7 +94,7 @@ int main(int argc, char** argv) {
       return code;
     }
   } catch (const collie::tools::UsageError& e) {
-    std::fprintf(stderr, "collie launch: %s\n", e.what());
+    std::fprintf(stderr, "collie %s: %s\n", name, e.what());
     return 2;
   }
   return 0;
