@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "tools/collie/hosts.hpp"
+#include "tools/collie/launch.hpp"
 
 namespace collie::tools {
 
@@ -81,13 +82,20 @@ struct Interface {
   bool forwarding = false;                 // IPv4 packets that arrive on it may be forwarded
 };
 
+/// An interface name as a shell word: as it is when plain, else quoted (the names come from the
+/// hosts, and Linux allows characters in them that a shell would act on).
+inline std::string shell_word(const std::string& name) {
+  const bool plain = !name.empty() && name.find_first_not_of("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789._@/=-") == std::string::npos;
+  return plain ? name : shell_quote(name);
+}
+
 /// An IPv4 route, as `ip route replace DST [via GATEWAY] dev DEV` would write it.
 struct Route {
   std::string dst;  // "192.168.64.4/30"
   std::string via;  // empty: directly on the link
   std::string dev;
   bool operator==(const Route&) const = default;
-  std::string command() const { return "ip route replace " + dst + (via.empty() ? "" : " via " + via) + " dev " + dev; }
+  std::string command() const { return "ip route replace " + dst + (via.empty() ? "" : " via " + via) + " dev " + shell_word(dev); }
 };
 
 /// What discovery found on one host.
@@ -283,6 +291,16 @@ struct Topology {
       if (l.a.host == j && l.b.host == i) out.emplace_back(l.b, l.a);
     }
     return out;
+  }
+  /// Host h's main address, its link interfaces left out (addressed or not, the answer is the
+  /// same before and after the links are set up).
+  std::string main_address(std::size_t h) const {
+    std::set<std::string> mine;
+    for (const auto& l : links) {
+      if (l.a.host == h) mine.insert(l.a.interface);
+      if (l.b.host == h) mine.insert(l.b.interface);
+    }
+    return hosts[h].main_address(mine);
   }
   const Link* link_of(const End& e) const {
     for (const auto& l : links) {
@@ -506,8 +524,8 @@ inline std::vector<std::vector<std::string>> setup_commands(const Topology& t) {
   for (const auto& l : t.links) {
     if (l.configured) continue;
     for (const auto& [end, address] : {std::pair{l.a, l.a_address}, std::pair{l.b, l.b_address}}) {
-      out[end.host].push_back(sudo(end.host) + "ip link set dev " + end.interface + " up");
-      out[end.host].push_back(sudo(end.host) + "ip addr replace " + address->cidr() + " dev " + end.interface);
+      out[end.host].push_back(sudo(end.host) + "ip link set dev " + shell_word(end.interface) + " up");
+      out[end.host].push_back(sudo(end.host) + "ip addr replace " + address->cidr() + " dev " + shell_word(end.interface));
     }
   }
   const auto routes = plan_routes(t);
@@ -523,7 +541,7 @@ inline std::vector<std::vector<std::string>> setup_commands(const Topology& t) {
         if (!t.hosts[end.host].find(end.interface)->forwarding) {
           std::string key = end.interface;  // sysctl writes a dot in a name (eth0.100) as '/'
           std::replace(key.begin(), key.end(), '.', '/');
-          out[end.host].push_back(sudo(end.host) + "sysctl -q -w net.ipv4.conf." + key + ".forwarding=1");
+          out[end.host].push_back(sudo(end.host) + "sysctl -q -w " + shell_word("net.ipv4.conf." + key + ".forwarding=1"));
         }
       }
     }
@@ -561,7 +579,6 @@ inline nlohmann::json links_hostfile(const Topology& t, const std::string& backe
     }
     return s + (pairs.size() > 4 ? ", ..." : "");
   };
-  std::set<std::string> none;
   nlohmann::json hosts = nlohmann::json::array();
   if (backend == "jaccl") {
     if (!t.mesh()) {
@@ -583,7 +600,7 @@ inline nlohmann::json links_hostfile(const Topology& t, const std::string& backe
         }
         rdma.push_back(device);
       }
-      const std::string main = t.hosts[i].main_address();
+      const std::string main = t.main_address(i);
       if (i == 0 && main.empty()) {
         throw UsageError("the jaccl backend's coordinator runs on host " + t.hosts[0].ssh + ", which has no main address every host reaches (no default route): set up its network, or write the hostfile by hand");
       }
@@ -609,7 +626,7 @@ inline nlohmann::json links_hostfile(const Topology& t, const std::string& backe
         for (int c = 0; c < per_pair; ++c) ips.push_back(t.address_of(from_prev[static_cast<std::size_t>(c)].first)->text());
         entry["ips"] = ips;
       } else {
-        const std::string main = t.hosts[me].main_address();
+        const std::string main = t.main_address(me);
         if (k == 0 && main.empty()) {
           throw UsageError("the jaccl-ring backend's coordinator runs on host " + t.hosts[me].ssh + ", which has no main address every host reaches (no default route)");
         }
@@ -646,15 +663,9 @@ inline nlohmann::json links_hostfile(const Topology& t, const std::string& backe
 
 /// `--over ethernet`: every host listens on its main address (a ring over the shared network).
 inline nlohmann::json ethernet_hostfile(const Topology& t, const std::vector<std::string>& envs) {
-  std::set<std::string> link_interfaces;
   nlohmann::json hosts = nlohmann::json::array();
   for (std::size_t i = 0; i < t.hosts.size(); ++i) {
-    std::set<std::string> mine;
-    for (const auto& l : t.links) {
-      if (l.a.host == i) mine.insert(l.a.interface);
-      if (l.b.host == i) mine.insert(l.b.interface);
-    }
-    const std::string main = t.hosts[i].main_address(mine);
+    const std::string main = t.main_address(i);
     if (main.empty()) {
       throw UsageError("host " + t.hosts[i].ssh + " has no main address (no default route and not exactly one addressed interface besides its links): write the hostfile's \"ips\" by hand");
     }
@@ -673,8 +684,8 @@ inline std::string pick_backend(const Topology& t) {
     all_rdma = all_rdma && !t.hosts[l.a.host].find(l.a.interface)->rdma.empty() &&
                !t.hosts[l.b.host].find(l.b.interface)->rdma.empty();
   }
-  if (all_rdma && t.mesh() && !t.hosts.front().main_address().empty()) return "jaccl";
-  if (all_rdma && !t.ring().empty() && !t.hosts.front().main_address().empty()) return "jaccl-ring";
+  if (all_rdma && t.mesh() && !t.main_address(0).empty()) return "jaccl";
+  if (all_rdma && !t.ring().empty() && !t.main_address(0).empty()) return "jaccl-ring";
   return "ring";
 }
 
