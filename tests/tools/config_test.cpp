@@ -754,6 +754,18 @@ TEST_CASE("Two hosts with one cable are a ring, and each listens on its end of t
         std::vector<std::string>{"sudo -n ip link set dev la up", "sudo -n ip addr replace 192.168.64.2/30 dev la"});
 }
 
+TEST_CASE("An interface name a shell would act on is quoted in the commands; plain names are not") {
+  Lab lab{"a", "b"};
+  lab.cable("a", "e;x$(y)", "b", "la");
+  Topology t = lab.topology();
+  plan_addresses(t, kBase);
+  const auto commands = setup_commands(t);
+  CHECK(commands[0] == std::vector<std::string>{"sudo -n ip link set dev 'e;x$(y)' up",
+                                                "sudo -n ip addr replace 192.168.64.1/30 dev 'e;x$(y)'"});
+  CHECK(commands[1][0] == "sudo -n ip link set dev la up");
+  CHECK(Route{"10.0.0.1/32", "10.0.0.2", "it's"}.command() == "ip route replace 10.0.0.1/32 via 10.0.0.2 dev 'it'\\''s'");
+}
+
 TEST_CASE("Two hosts with two cables list both their ends in the ring hostfile") {
   Lab lab{"a", "b"};
   lab.cable("a", "lb1", "b", "la1");
