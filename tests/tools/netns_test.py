@@ -97,7 +97,7 @@ def left_running(marker):
     return [pid for pid in out if int(pid) != os.getpid()]
 
 
-def fours(size, n=None):
+def fours(size):
     return [f"[{r}] rank {r} of {size}: [{', '.join([str(size)] * 10)}]" for r in range(size)]
 
 
@@ -124,7 +124,7 @@ def test_mesh():
     # --auto-setup, then the hostfile: a ring in host order, each host on its own address.
     hf = os.path.join(tmp, "mesh.json")
     p = config(MESH, "--auto-setup", "--output", hf)
-    check(p.returncode == 0 and "set up 6 link(s)" in p.stderr, f"mesh setup: exit {p.returncode} {p.stderr!r}")
+    check(p.returncode == 0 and "set up 6 new link(s) and the routes between the hosts on 4 host(s)" in p.stderr, f"mesh setup: exit {p.returncode} {p.stderr!r}")
     with open(hf) as f:
         written = json.load(f)
     check(written.get("backend") == "ring" and [h["ssh"] for h in written["hosts"]] == MESH,

@@ -7,8 +7,9 @@
 //
 // Steps: run the discovery script on every host at once (tools/collie/topology.hpp says what it
 // reads); join interfaces into links; check for a ring and a full mesh; give every link without
-// a shared subnet a /30 of its own and print the commands that apply it per host (or run them,
-// `--auto-setup`, then ping across every link); write the hostfile. Standard output carries the
+// a shared subnet a /30 of its own, plan the routes between hosts, and print the commands that
+// are not in place yet, per host (or run them: `--auto-setup`); once nothing is left to do, ping
+// every host's addresses from every other; write the hostfile. Standard output carries the
 // product (the hostfile, or the drawing with --dot); the report goes to standard error.
 #pragma once
 
@@ -237,7 +238,10 @@ inline int run_config(const ConfigOptions& o) {
         for (const auto& c : commands[i]) scripts[i] += c + "\n";
       }
       if (!detail::run_on_hosts(hosts, scripts, o, ssh, "the set-up")) return 1;
-      detail::report("set up " + std::to_string(t.links.size()) + " link(s)");
+      std::size_t fresh = 0, busy = 0;
+      for (const auto& l : t.links) fresh += l.configured ? 0 : 1;
+      for (const auto& c : commands) busy += c.empty() ? 0 : 1;
+      detail::report("set up " + std::to_string(fresh) + " new link(s) and the routes between the hosts on " + std::to_string(busy) + " host(s)");
       pending = false;
     } else if (pending) {
       detail::report("run these on each host (or pass --auto-setup) before launching:");

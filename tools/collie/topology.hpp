@@ -1,13 +1,15 @@
 // `collie config`'s model of the hosts and the wires between them, and what it derives from it:
 // which interfaces of two hosts share a link, whether the links form a ring and/or a full mesh,
-// an address plan that gives each link a /30 of its own, the per-host commands that apply it, the
-// hostfile for the ring, jaccl and jaccl-ring backends, and a Graphviz drawing.
+// an address plan that gives each link a /30 of its own, the routes that let every host reach
+// every other over the links, the per-host commands that apply both, the hostfile for the ring,
+// jaccl and jaccl-ring backends, and a Graphviz drawing.
 //
-// Everything here is pure (text in, decisions out); tools/collie/config.hpp runs the discovery
-// script on the hosts and the commands it plans.
+// Apart from the discovery script itself, everything here is pure (text in, decisions out);
+// tools/collie/config.hpp runs the script on the hosts and the commands planned here.
 //
-// How links are found. Each host reports its interfaces (`ip -j addr`), its default route, its
-// RDMA devices and their network interfaces (`/sys/class/infiniband`), and its IPv6 neighbours
+// How links are found. Each host reports its interfaces (`ip -j addr`), its routing table and
+// per-interface forwarding, its RDMA devices and their network interfaces
+// (`/sys/class/infiniband`), and its IPv6 neighbours
 // after pinging the all-nodes group (`ff02::1`) on every interface that is up: a neighbour's MAC
 // address names the interface at the other end, so links are found before they have addresses.
 // Two interfaces with IPv4 addresses in one subnet are joined as well. Interfaces joined this way
