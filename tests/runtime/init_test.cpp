@@ -5,6 +5,10 @@
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
 #include <string>
 #include <vector>
 
@@ -61,6 +65,57 @@ TEST_CASE("init of a backend that is not compiled in is an error, never a silent
   }
   // A failed attempt is not cached: "any" still gives a working singleton.
   CHECK(init().size() == 1);
+}
+
+TEST_CASE("the ring backend's algorithm knobs are read from the environment, and bad values are refused before connecting") {
+  // A ring of one: mlx.launch writes an empty hostfile for a single-host job.
+  const std::string hostfile = "/tmp/collie-init-test-" + std::to_string(::getpid()) + ".json";
+  std::FILE* f = std::fopen(hostfile.c_str(), "w");
+  REQUIRE(f != nullptr);
+  std::fclose(f);
+  ::setenv("MLX_RANK", "0", 1);
+  ::setenv("MLX_HOSTFILE", hostfile.c_str(), 1);
+  const char* knobs[] = {"COLLIE_RING_RINGS", "COLLIE_RING_SEGMENT_BYTES", "COLLIE_RING_SMALL_BYTES", "COLLIE_MESH_SMALL_BYTES"};
+  struct Refused {
+    const char* name;
+    const char* value;
+    const char* message;
+  };
+  const Refused refused[] = {
+      {"COLLIE_RING_RINGS", "0", "COLLIE_RING_RINGS=0 is out of range; set it to a number in [1, 64]"},
+      {"COLLIE_RING_SEGMENT_BYTES", "abc", "COLLIE_RING_SEGMENT_BYTES=abc is out of range"},
+      {"COLLIE_RING_SEGMENT_BYTES", "100", "[4096, 1073741824]"},
+      {"COLLIE_RING_SMALL_BYTES", "2G", "default 32768"},
+      {"COLLIE_MESH_SMALL_BYTES", "-1", "COLLIE_MESH_SMALL_BYTES=-1 is out of range"},
+  };
+  for (const auto& c : refused) {
+    CAPTURE(c.name);
+    CAPTURE(c.value);
+    ::setenv(c.name, c.value, 1);
+    std::error_code ec;
+    CHECK(!init("ring", true, ec));
+    CHECK(ec == errc::bad_configuration);
+    CHECK(Group::last_error().find(c.message) != std::string::npos);
+    ::unsetenv(c.name);
+  }
+  // Good values, suffixes and stray white space included, give a working group (cached by init:
+  // dropped again below so that no later test sees it).
+  ::setenv("COLLIE_RING_RINGS", "4", 1);
+  ::setenv("COLLIE_RING_SEGMENT_BYTES", "256k", 1);
+  ::setenv("COLLIE_RING_SMALL_BYTES", " 0 ", 1);
+  ::setenv("COLLIE_MESH_SMALL_BYTES", "1M", 1);
+  std::error_code ec;
+  auto group = init("ring", true, ec);
+  REQUIRE(group);
+  CHECK(group->backend() == "ring");
+  std::vector<float> x(3, 2.0f);
+  group->all_sum(x);
+  CHECK(x[2] == 2.0f);
+  detail::init_cache().group.reset();
+  for (const char* name : knobs) ::unsetenv(name);
+  ::unsetenv("MLX_RANK");
+  ::unsetenv("MLX_HOSTFILE");
+  std::remove(hostfile.c_str());
 }
 
 TEST_CASE("a Group forwards every operation to its collective") {

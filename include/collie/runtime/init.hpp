@@ -63,8 +63,34 @@ inline bool is_known_backend(std::string_view backend) {
 }
 
 #if COLLIE_WITH_TCP
+// A size knob of the algorithm from `COLLIE_<name>`, in bytes (a k, M or G suffix multiplies by
+// 1024s), within [low, high]; `field` keeps its default when the variable is unset.
+inline bool size_knob(std::string_view name, std::size_t& field, std::size_t low, std::size_t high, std::error_code& ec) {
+  const auto variable = env_exact("COLLIE_" + std::string(name));
+  if (!variable) return true;
+  std::string_view text = trim_space(variable->value);
+  std::size_t scale = 1;
+  if (!text.empty()) {
+    const char unit = text.back();
+    scale = unit == 'k' || unit == 'K' ? std::size_t{1} << 10 : unit == 'M' ? std::size_t{1} << 20 : unit == 'G' ? std::size_t{1} << 30 : 1;
+    if (scale != 1) text.remove_suffix(1);
+  }
+  const auto value = parse_decimal(text);
+  if (!value || *value < 0 || static_cast<std::size_t>(*value) > high / scale || static_cast<std::size_t>(*value) * scale < low) {
+    ec = errc::bad_configuration;
+    last_error_message = "collie: " + variable->name + "=" + variable->value + " is out of range; set it to a number in [" +
+                         std::to_string(low) + ", " + std::to_string(high) + "] (k, M and G multiply by 1024s; default " +
+                         std::to_string(field) + ")";
+    return false;
+  }
+  field = static_cast<std::size_t>(*value) * scale;
+  return true;
+}
+
 // The ring backend: a hostfile (MLX_RANK + MLX_HOSTFILE), or a coordinator rendezvous for
-// schedulers. COLLIE_ALGORITHM picks the algorithm over TCP: "ring" (default) or "mesh".
+// schedulers. COLLIE_ALGORITHM picks the algorithm over TCP: "ring" (default) or "mesh"; the
+// algorithms' knobs come from COLLIE_RING_RINGS, COLLIE_RING_SEGMENT_BYTES,
+// COLLIE_RING_SMALL_BYTES and COLLIE_MESH_SMALL_BYTES (see docs/ring.md).
 inline std::optional<Group> try_ring(std::error_code& ec) {
   auto config = ring_config_from_environment(ec);
   if (!config && ec == errc::not_configured) {
@@ -88,12 +114,20 @@ inline std::optional<Group> try_ring(std::error_code& ec) {
                          " is not an algorithm of the ring backend; use ring or mesh";
     return std::nullopt;
   }
+  Ring ring;
+  Mesh mesh;
+  if (!size_knob("RING_RINGS", ring.rings, 1, 64, ec) ||
+      !size_knob("RING_SEGMENT_BYTES", ring.segment_bytes, 4096, std::size_t{1} << 30, ec) ||
+      !size_knob("RING_SMALL_BYTES", ring.small_bytes, 0, std::size_t{1} << 30, ec) ||
+      !size_knob("MESH_SMALL_BYTES", mesh.small_bytes, 0, std::size_t{1} << 30, ec)) {
+    return std::nullopt;
+  }
   auto transport = TcpTransport::connect(std::move(*config), ec);
   if (!transport) return std::nullopt;
   if (algorithm == "mesh") {
-    return Group(Collective<TcpTransport, Mesh>(std::move(*transport), Mesh{}, options), "ring");
+    return Group(Collective<TcpTransport, Mesh>(std::move(*transport), mesh, options), "ring");
   }
-  return Group(Collective<TcpTransport, Ring>(std::move(*transport), Ring{}, options), "ring");
+  return Group(Collective<TcpTransport, Ring>(std::move(*transport), ring, options), "ring");
 }
 #endif
 
