@@ -46,7 +46,8 @@ struct Ring {
   using algorithm_concept = algorithm_t;
   static constexpr std::string_view name = "ring";
 
-  /// Rings running at once (alternating direction). 2 uses both directions of each link.
+  /// Rings running at once (alternating direction). 2 uses both directions of each link; with
+  /// every rank on one host there is no link to fill, and 1 is faster (init() picks it then).
   std::size_t rings = 2;
   /// Pipeline segment: the unit that is reduced and forwarded on its own.
   std::size_t segment_bytes = 1 << 20;
