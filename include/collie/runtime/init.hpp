@@ -77,10 +77,10 @@ inline bool size_knob(std::string_view name, std::size_t& field, std::size_t low
   }
   const auto value = parse_decimal(text);
   if (!value || *value < 0 || static_cast<std::size_t>(*value) > high / scale || static_cast<std::size_t>(*value) * scale < low) {
-    ec = errc::bad_configuration;
-    last_error_message = "collie: " + variable->name + "=" + variable->value + " is out of range; set it to a number in [" +
-                         std::to_string(low) + ", " + std::to_string(high) + "] (" +
-                         (high > 64 ? "k, M and G multiply by 1024s; " : "") + "default " + std::to_string(field) + ")";
+    report_config_error(ec, errc::bad_configuration,
+                        "collie: " + variable->name + "=" + variable->value + " is out of range; set it to a number in [" +
+                            std::to_string(low) + ", " + std::to_string(high) + "] (" +
+                            (high > 64 ? "k, M and G multiply by 1024s; " : "") + "default " + std::to_string(field) + ")");
     return false;
   }
   field = static_cast<std::size_t>(*value) * scale;
