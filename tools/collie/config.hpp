@@ -136,7 +136,7 @@ inline std::vector<Target> targets(const Topology& t, const nlohmann::json& host
     return out;
   }
   for (const auto& l : t.links) {
-    for (const auto& [end, address] : {std::pair{l.a, l.a_address}, std::pair{l.b, l.b_address}}) {
+    for (const auto& [end, address] : l.ends()) {
       if (address) out.push_back({end.host, address->text(), "on " + end.interface});
     }
   }

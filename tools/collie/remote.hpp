@@ -26,10 +26,11 @@ struct Ran {
 
   /// The last non-empty line of its standard error (for one-line messages).
   std::string last_error_line() const {
-    std::size_t end = err.find_last_not_of("\r\n \t");
+    const std::size_t end = err.find_last_not_of("\r\n \t");
     if (end == std::string::npos) return {};
-    const std::size_t start = err.rfind('\n', end);
-    return err.substr(start == std::string::npos ? 0 : start + 1, end - (start == std::string::npos ? 0 : start + 1) + 1);
+    const std::size_t newline = err.rfind('\n', end);
+    const std::size_t start = newline == std::string::npos ? 0 : newline + 1;
+    return err.substr(start, end + 1 - start);
   }
 };
 

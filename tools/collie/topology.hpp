@@ -22,6 +22,7 @@
 #include <nlohmann/json.hpp>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <map>
 #include <numeric>
@@ -48,6 +49,8 @@ struct Ipv4 {
            "." + std::to_string(ip & 255);
   }
   std::string cidr() const { return text() + "/" + std::to_string(prefix); }
+  /// Whether both are addresses in one subnet (same prefix, shorter than /32, same network).
+  bool same_subnet(const Ipv4& other) const { return prefix == other.prefix && prefix < 32 && network() == other.network(); }
   /// Whether the two networks overlap (the shorter prefix decides).
   bool overlaps(const Ipv4& other) const {
     const int p = std::min(prefix, other.prefix);
@@ -266,6 +269,9 @@ struct Link {
   End a, b;
   std::optional<Ipv4> a_address, b_address;
   bool configured = false;  // both ends already share a subnet
+
+  /// Both ends with their addresses, a's first.
+  std::array<std::pair<End, std::optional<Ipv4>>, 2> ends() const { return {{{a, a_address}, {b, b_address}}}; }
 };
 
 /// A segment with more than two interfaces, or with other machines on it.
@@ -408,7 +414,7 @@ inline Topology find_links(std::vector<HostInfo> hosts) {
       if (ends[x].host == ends[y].host) continue;
       for (const auto& p : iface(x)->v4) {
         for (const auto& q : iface(y)->v4) {
-          if (p.prefix == q.prefix && p.prefix < 32 && p.network() == q.network()) join(x, y);
+          if (p.same_subnet(q)) join(x, y);
         }
       }
     }
@@ -429,7 +435,7 @@ inline Topology find_links(std::vector<HostInfo> hosts) {
       if (l.b.host < l.a.host) std::swap(l.a, l.b);
       for (const auto& p : iface(members[0])->v4) {
         for (const auto& q : iface(members[1])->v4) {
-          if (!l.configured && p.prefix == q.prefix && p.network() == q.network()) {
+          if (!l.configured && p.same_subnet(q)) {
             l.configured = true;
             l.a_address = ends[members[0]] == l.a ? p : q;
             l.b_address = ends[members[0]] == l.a ? q : p;
@@ -502,7 +508,7 @@ inline std::vector<std::vector<Route>> plan_routes(const Topology& t) {
     }
     for (const auto& l : t.links) {
       if (l.a.host == h || l.b.host == h) continue;  // its own links' subnets are on the interface
-      for (const auto& [end, address] : {std::pair{l.a, l.a_address}, std::pair{l.b, l.b_address}}) {
+      for (const auto& [end, address] : l.ends()) {
         if (!address || dist[end.host] < 0) continue;
         const auto hop = t.between(h, first[end.host]).front();  // (h's end, the neighbour's end)
         out[h].push_back({address->text() + "/32", t.address_of(hop.second)->text(), hop.first.interface});
@@ -525,7 +531,7 @@ inline std::vector<std::vector<std::string>> setup_commands(const Topology& t) {
   auto sudo = [&](std::size_t host) { return t.hosts[host].root ? std::string() : std::string("sudo -n "); };
   for (const auto& l : t.links) {
     if (l.configured) continue;
-    for (const auto& [end, address] : {std::pair{l.a, l.a_address}, std::pair{l.b, l.b_address}}) {
+    for (const auto& [end, address] : l.ends()) {
       out[end.host].push_back(sudo(end.host) + "ip link set dev " + shell_word(end.interface) + " up");
       out[end.host].push_back(sudo(end.host) + "ip addr replace " + address->cidr() + " dev " + shell_word(end.interface));
     }
@@ -569,6 +575,16 @@ inline std::string dot(const Topology& t) {
   }
   return s + "}\n";
 }
+
+namespace detail {
+
+inline nlohmann::json hostfile_json(const std::string& backend, nlohmann::json hosts, const std::vector<std::string>& envs) {
+  nlohmann::json out{{"backend", backend}, {"hosts", std::move(hosts)}};
+  if (!envs.empty()) out["envs"] = envs;
+  return out;
+}
+
+}  // namespace detail
 
 /// What `collie config` writes: the hostfile for `backend` over the links (ring, jaccl,
 /// jaccl-ring), with the hosts in rank order. Throws UsageError when the links do not allow it.
@@ -658,9 +674,7 @@ inline nlohmann::json links_hostfile(const Topology& t, const std::string& backe
   } else {
     throw UsageError("unknown backend \"" + backend + "\" for collie config: choose ring, jaccl or jaccl-ring");
   }
-  nlohmann::json out{{"backend", backend}, {"hosts", hosts}};
-  if (!envs.empty()) out["envs"] = envs;
-  return out;
+  return detail::hostfile_json(backend, std::move(hosts), envs);
 }
 
 /// `--over ethernet`: every host listens on its main address (a ring over the shared network).
@@ -673,9 +687,7 @@ inline nlohmann::json ethernet_hostfile(const Topology& t, const std::vector<std
     }
     hosts.push_back({{"ssh", t.hosts[i].ssh}, {"ips", {main}}});
   }
-  nlohmann::json out{{"backend", "ring"}, {"hosts", hosts}};
-  if (!envs.empty()) out["envs"] = envs;
-  return out;
+  return detail::hostfile_json("ring", std::move(hosts), envs);
 }
 
 /// The backend `collie config` picks when none is asked for: jaccl over a mesh of RDMA links,
