@@ -172,7 +172,7 @@ TEST_CASE("timeouts_from_environment reads timeouts, the job token and verbosity
   environment.set("COLLIE_JOB_TOKEN", "12345");
   detail::timeouts_from_environment(config);
   CHECK(config.job_token == 12345);
-  CHECK(config.spin == std::chrono::microseconds(0));
+  CHECK_FALSE(config.spin.has_value());
   environment.set("COLLIE_SPIN_US", "40");
   detail::timeouts_from_environment(config);
   CHECK(config.spin == std::chrono::microseconds(40));

@@ -159,7 +159,7 @@ inline std::optional<std::chrono::milliseconds> parse_timeout_ms(const EnvVariab
 /// | `COLLIE_CONNECT_TIMEOUT_MS`               | `connect_timeout` | 60000   |
 /// | `COLLIE_JOB_TOKEN` (decimal or 0x hex)    | `job_token`       | 0       |
 /// | `COLLIE_RING_VERBOSE` / `MLX_RING_VERBOSE`| `verbose`         | off     |
-/// | `COLLIE_SPIN_US`                          | `spin`            | 0       |
+/// | `COLLIE_SPIN_US`                          | `spin`            | automatic (TcpConfig::spin) |
 ///
 /// Verbosity is on for any non-empty value but "0". Errors: `errc::bad_configuration` naming the
 /// variable and its value; `config` may then be partly filled.

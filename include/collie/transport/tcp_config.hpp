@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -37,12 +38,13 @@ struct TcpConfig {
   std::chrono::milliseconds connect_timeout{std::chrono::seconds(60)};
   /// How long any later wait may take (see Options::timeout).
   std::chrono::milliseconds timeout{std::chrono::seconds(60)};
-  /// How long a wait spins (yielding the core to any runnable thread) before it sleeps: a reply
-  /// that arrives within it costs no wake-up of the waiting thread. Only a wait on an operation
-  /// in flight spins, and only this long, so idle ranks never burn a core. Off by default: with
-  /// fewer cores than threads (every rank has an I/O thread) the spinning thread takes the core
-  /// its own I/O thread needs; worth trying where each rank has cores to spare.
-  std::chrono::microseconds spin{0};
+  /// How long a wait polls the sockets before it sleeps. The waiting thread runs the I/O itself,
+  /// so a reply that arrives within the spin costs no wake-up at all. Unset (the default): 50 us
+  /// when this host has at least one core per rank on it (ranks are counted by their first
+  /// address), else 0, since a spinning rank would hold the core that the rank it waits for
+  /// needs. Only a wait on an operation in flight spins, and only this long: idle ranks never
+  /// burn a core.
+  std::optional<std::chrono::microseconds> spin;
   /// Log connection set-up to stderr, prefixed "[collie ring]".
   bool verbose = false;
   /// Optional: already bound and listening sockets (file descriptors), one per address of this
