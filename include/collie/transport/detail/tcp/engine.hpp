@@ -232,17 +232,25 @@ class Engine {
     if (is_done(op)) return op->result;
     std::unique_lock drive(drive_mutex_, std::try_to_lock);
     if (!drive.owns_lock()) {
-      // The I/O thread (or another waiting thread) runs the loop: wake it so that it hands over.
+      // The I/O thread (or another waiting thread) runs the loop: wake it so that it hands over,
+      // and sleep until it does or until it has finished `op`. Whoever lets go of the loop
+      // notifies `cv_` under `mutex_` while anyone wants it, so trying under `mutex_` loses no
+      // wake-up; the slices only bound the wait should anything be missed.
       want_drive_.fetch_add(1);
       asio::post(io_, [] {});
-      while (!is_done(op) && !deadline.expired() &&
-             !drive.try_lock_for(std::chrono::microseconds(200))) {
+      std::unique_lock lock(mutex_);
+      while (!is_done(op) && !deadline.expired() && !drive.try_lock()) {
+        const auto slice = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+        cv_.wait_until(lock, deadline.is_never() ? slice : std::min(slice, deadline.when()));
       }
+      lock.unlock();
       want_drive_.fetch_sub(1);
     }
     if (drive.owns_lock()) {
       const std::error_code ec = drive_until_done(op, deadline);
       resume_at_.store(now_ns() + park_grace.count(), std::memory_order_relaxed);
+      drive.unlock();
+      handed_back();
       if (ec) return ec;
     }
     if (!is_done(op)) return errc::timed_out;
@@ -1205,6 +1213,7 @@ class Engine {
       if (want_drive_.load() == 0 && now_ns() >= resume && drive_mutex_.try_lock()) {
         io_.run_one_for(std::chrono::milliseconds(100));
         drive_mutex_.unlock();
+        handed_back();
         continue;
       }
       std::unique_lock lock(park_mutex_);
@@ -1213,6 +1222,13 @@ class Engine {
       park_cv_.wait_until(lock, until, [&] { return stopping_.load() || wake_requested_; });
       wake_requested_ = false;
     }
+  }
+
+  // After letting go of the event loop: wakes the threads waiting to run it.
+  void handed_back() noexcept {
+    if (want_drive_.load() == 0) return;
+    { std::lock_guard lock(mutex_); }
+    cv_.notify_all();
   }
 
   // Ends the I/O thread's parking early: work that only it does (a large transfer, a cancel, an
@@ -1289,7 +1305,7 @@ class Engine {
   // Who runs the event loop: whoever holds `drive_mutex_` (see wait and io_loop).
   static constexpr std::chrono::nanoseconds park_grace{std::chrono::milliseconds(1)};
   std::chrono::microseconds spin_ = spin_for(config_);
-  std::timed_mutex drive_mutex_;
+  std::mutex drive_mutex_;
   std::atomic<int> want_drive_{0};
   std::atomic<std::int64_t> resume_at_{0};  // steady-clock ns before which the I/O thread parks
   std::mutex park_mutex_;
