@@ -172,7 +172,7 @@ TEST_CASE("a send nobody waits on still goes out once its caller has left the ev
     Collective<TcpTransport, Ring> c(TcpTransport::connect(config_for(r, hosts)));
     c.barrier();  // both ranks have just run their loops from the caller
     constexpr Tag tag = 777;
-    std::vector<std::byte> data(std::size_t{16} << 20, std::byte{r == 0 ? 5 : 0});
+    std::vector<std::byte> data(std::size_t{16} << 20, r == 0 ? std::byte{5} : std::byte{0});
     if (r == 0) {
       auto request = c.transport().post_send(1, tag, data);
       const auto give_up = std::chrono::steady_clock::now() + 20s;

@@ -1238,10 +1238,9 @@ class Engine {
     cv_.notify_all();
   }
 
-  // Ends the I/O thread's parking early: work that only it does (a large transfer, a cancel, an
-  // abort) is waiting.
+  // Ends the I/O thread's parking early: work that the caller waits for without running the loop
+  // itself (a cancel, an abort) is queued.
   void wake_io_thread() noexcept {
-    if (resume_at_.load(std::memory_order_relaxed) == 0) return;
     resume_at_.store(0, std::memory_order_relaxed);
     {
       std::lock_guard lock(park_mutex_);
