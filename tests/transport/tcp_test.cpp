@@ -218,7 +218,7 @@ TEST_CASE("two threads of each rank run collectives of two groups at once, over 
 }
 
 TEST_CASE("a stream of mixed-size messages arrives whole and in order, early or late") {
-  // Small ones written by the posting thread, large ones by the I/O thread; some arrive before
+  // Small ones written by the posting thread, large ones by the event loop; some arrive before
   // their receive is posted (kept as unexpected messages), some after.
   const auto hosts = loopback_hosts(2, 1);
   Ranks ranks;
