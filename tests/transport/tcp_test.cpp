@@ -210,7 +210,13 @@ TEST_CASE("two threads of each rank run collectives of two groups at once, over 
         }
       }
     };
-    std::thread other([&] { work(twin, "twin"); });
+    std::thread other([&] {
+      try {
+        work(twin, "twin");
+      } catch (const std::exception& e) {  // a timeout, say: reported, not a terminate
+        ranks.fail("rank " + std::to_string(r) + " twin threw: " + e.what());
+      }
+    });
     work(c, "world");
     other.join();
     c.barrier();
