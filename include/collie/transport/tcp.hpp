@@ -41,7 +41,7 @@ namespace collie {
 /// arrive in order; different tags spread over the neighbour's connections. `TCP_NODELAY` is set.
 /// One Asio event loop per process moves all bytes. A thread waiting on a request runs it
 /// itself, polling for `config.spin` before it sleeps in it, so a reply wakes the waiting thread
-/// directly; when no thread waits, the transport's I/O thread runs it (after 1 ms without a
+/// directly; when no thread waits, the transport's I/O thread runs it (after 10 ms without a
 /// waiter), and it sleeps when idle. Single transfers may exceed 2 GiB.
 ///
 /// Failures. A connection that breaks fails every pending operation on its peer with
