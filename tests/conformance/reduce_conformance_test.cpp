@@ -141,42 +141,46 @@ TEST_CASE_TEMPLATE_APPLY(named, AsTuple<collie::EnabledAlgorithms>::type);
 
 TEST_CASE_TEMPLATE_DEFINE("float sums of random data are bit-identical on every rank", Algorithm,
                           identical) {
-  for (int p : {2, 3, 5, 8}) {
-    const auto failures = run_ranks<Algorithm>(p, [](auto& c, Board& board) {
-      const std::size_t count = 300007;
-      std::vector<float> x(count);
-      for (std::size_t i = 0; i < count; ++i) {
-        x[i] = static_cast<float>(mix(7, static_cast<std::uint64_t>(c.rank()), i) % 100000) / 7.0f - 5000.0f;
-      }
-      std::vector<double> exact(count, 0.0);
-      for (int k = 0; k < c.size(); ++k) {
+  // 10007 floats take the algorithms' small-message paths, 300007 their large-message ones.
+  for (const std::size_t count : {std::size_t{10007}, std::size_t{300007}}) {
+    for (int p : {2, 3, 4, 5, 8}) {
+      CAPTURE(count);
+      CAPTURE(p);
+      const auto failures = run_ranks<Algorithm>(p, [count](auto& c, Board& board) {
+        std::vector<float> x(count);
         for (std::size_t i = 0; i < count; ++i) {
-          exact[i] += static_cast<float>(mix(7, static_cast<std::uint64_t>(k), i) % 100000) / 7.0f - 5000.0f;
+          x[i] = static_cast<float>(mix(7, static_cast<std::uint64_t>(c.rank()), i) % 100000) / 7.0f - 5000.0f;
         }
-      }
-      c.all_sum(x);
-      board.results[static_cast<std::size_t>(c.rank())] = x.data();
-      board.sync.arrive_and_wait();
-      if (std::memcmp(x.data(), board.results[0], count * sizeof(float)) != 0) {
-        board.fail("rank " + std::to_string(c.rank()) + " differs from rank 0");
-      }
-      for (std::size_t i = 0; i < count; ++i) {
-        // p-1 roundings of a float, each within half an ulp of a value below 40000·p.
-        if (std::abs(x[i] - exact[i]) > 40000.0 * c.size() * c.size() * 6e-8) {
-          board.fail("element " + std::to_string(i) + " is " + std::to_string(x[i]) +
-                     ", exact sum " + std::to_string(exact[i]));
-          break;
+        std::vector<double> exact(count, 0.0);
+        for (int k = 0; k < c.size(); ++k) {
+          for (std::size_t i = 0; i < count; ++i) {
+            exact[i] += static_cast<float>(mix(7, static_cast<std::uint64_t>(k), i) % 100000) / 7.0f - 5000.0f;
+          }
         }
-      }
-      board.sync.arrive_and_wait();
-    });
-    for (const auto& f : failures) FAIL_CHECK(f);
+        c.all_sum(x);
+        board.results[static_cast<std::size_t>(c.rank())] = x.data();
+        board.sync.arrive_and_wait();
+        if (std::memcmp(x.data(), board.results[0], count * sizeof(float)) != 0) {
+          board.fail("rank " + std::to_string(c.rank()) + " differs from rank 0");
+        }
+        for (std::size_t i = 0; i < count; ++i) {
+          // p-1 roundings of a float, each within half an ulp of a value below 40000·p.
+          if (std::abs(x[i] - exact[i]) > 40000.0 * c.size() * c.size() * 6e-8) {
+            board.fail("element " + std::to_string(i) + " is " + std::to_string(x[i]) +
+                       ", exact sum " + std::to_string(exact[i]));
+            break;
+          }
+        }
+        board.sync.arrive_and_wait();
+      });
+      for (const auto& f : failures) FAIL_CHECK(f);
+    }
   }
 }
 TEST_CASE_TEMPLATE_APPLY(identical, AsTuple<collie::EnabledAlgorithms>::type);
 
 TEST_CASE("the ring pipeline itself handles every count, below its small-message threshold too") {
-  // The default Ring sends small all-reduces through its one-round path; with that path off, the
+  // The default Ring sends small all-reduces through recursive doubling; with that path off, the
   // ring's geometry must still cope with counts below the rank count and with empty blocks.
   for (int p : rank_counts) {
     CAPTURE(p);

@@ -85,7 +85,7 @@ TEST_CASE("the ring backend's algorithm knobs are read from the environment, and
       {"COLLIE_RING_RINGS", "0", "COLLIE_RING_RINGS=0 is out of range; set it to a number in [1, 64]"},
       {"COLLIE_RING_SEGMENT_BYTES", "abc", "COLLIE_RING_SEGMENT_BYTES=abc is out of range"},
       {"COLLIE_RING_SEGMENT_BYTES", "100", "[4096, 1073741824]"},
-      {"COLLIE_RING_SMALL_BYTES", "2G", "default 32768"},
+      {"COLLIE_RING_SMALL_BYTES", "2G", "default 262144"},
       {"COLLIE_MESH_SMALL_BYTES", "-1", "COLLIE_MESH_SMALL_BYTES=-1 is out of range"},
   };
   for (const auto& c : refused) {
