@@ -179,21 +179,29 @@ TEST_CASE_TEMPLATE_DEFINE("float sums of random data are bit-identical on every 
 }
 TEST_CASE_TEMPLATE_APPLY(identical, AsTuple<collie::EnabledAlgorithms>::type);
 
-TEST_CASE("the ring pipeline itself handles every count, below its small-message threshold too") {
-  // The default Ring sends small all-reduces through recursive doubling; with that path off, the
-  // ring's geometry must still cope with counts below the rank count and with empty blocks.
-  for (int p : rank_counts) {
-    CAPTURE(p);
-    const auto failures = run_ranks<Ring>(
-        p,
-        [](auto& c, Board& board) {
-          check_reduction<std::int32_t, Sum>(c, board, 101, 1);
-          check_reduction<float16, Sum>(c, board, 102, 1);
-          check_reduction<double, Max>(c, board, 103, 3);
-        },
-        Options{}, Ring{.small_bytes = 0});
-    for (const auto& f : failures) FAIL_CHECK(f);
-    CHECK(failures.empty());
+// The default Ring sends small and middle all-reduces through recursive doubling and halving;
+// with those paths off (or forced on), each schedule must still cope with counts below the rank
+// count, blocks of unequal and zero size, and rank counts that are no power of two.
+TEST_CASE("each of the ring's all-reduce schedules handles every count") {
+  const Ring schedules[] = {Ring{.small_bytes = 0, .halving_bytes = 0},
+                            Ring{.small_bytes = 0, .halving_bytes = std::size_t{1} << 30},
+                            Ring{.small_bytes = std::size_t{1} << 30}};
+  for (const Ring& ring : schedules) {
+    for (int p : rank_counts) {
+      CAPTURE(ring.small_bytes);
+      CAPTURE(ring.halving_bytes);
+      CAPTURE(p);
+      const auto failures = run_ranks<Ring>(
+          p,
+          [](auto& c, Board& board) {
+            check_reduction<std::int32_t, Sum>(c, board, 101, 1);
+            check_reduction<float16, Sum>(c, board, 102, 1);
+            check_reduction<double, Max>(c, board, 103, 3);
+          },
+          Options{}, ring);
+      for (const auto& f : failures) FAIL_CHECK(f);
+      CHECK(failures.empty());
+    }
   }
 }
 

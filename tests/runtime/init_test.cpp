@@ -75,7 +75,8 @@ TEST_CASE("the ring backend's algorithm knobs are read from the environment, and
   std::fclose(f);
   ::setenv("MLX_RANK", "0", 1);
   ::setenv("MLX_HOSTFILE", hostfile.c_str(), 1);
-  const char* knobs[] = {"COLLIE_RING_RINGS", "COLLIE_RING_SEGMENT_BYTES", "COLLIE_RING_SMALL_BYTES", "COLLIE_MESH_SMALL_BYTES"};
+  const char* knobs[] = {"COLLIE_RING_RINGS", "COLLIE_RING_SEGMENT_BYTES", "COLLIE_RING_SMALL_BYTES",
+                         "COLLIE_RING_HALVING_BYTES", "COLLIE_MESH_SMALL_BYTES"};
   struct Refused {
     const char* name;
     const char* value;
@@ -86,6 +87,7 @@ TEST_CASE("the ring backend's algorithm knobs are read from the environment, and
       {"COLLIE_RING_SEGMENT_BYTES", "abc", "COLLIE_RING_SEGMENT_BYTES=abc is out of range"},
       {"COLLIE_RING_SEGMENT_BYTES", "100", "[4096, 1073741824]"},
       {"COLLIE_RING_SMALL_BYTES", "2G", "default 262144"},
+      {"COLLIE_RING_HALVING_BYTES", "4x", "COLLIE_RING_HALVING_BYTES=4x is out of range"},
       {"COLLIE_MESH_SMALL_BYTES", "-1", "COLLIE_MESH_SMALL_BYTES=-1 is out of range"},
   };
   for (const auto& c : refused) {
@@ -103,6 +105,7 @@ TEST_CASE("the ring backend's algorithm knobs are read from the environment, and
   ::setenv("COLLIE_RING_RINGS", "4", 1);
   ::setenv("COLLIE_RING_SEGMENT_BYTES", "256k", 1);
   ::setenv("COLLIE_RING_SMALL_BYTES", " 0 ", 1);
+  ::setenv("COLLIE_RING_HALVING_BYTES", "8M", 1);
   ::setenv("COLLIE_MESH_SMALL_BYTES", "1M", 1);
   std::error_code ec;
   auto group = init("ring", true, ec);

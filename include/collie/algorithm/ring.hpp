@@ -9,6 +9,7 @@
 #include <system_error>
 
 #include "collie/algorithm/detail/doubling.hpp"
+#include "collie/algorithm/detail/halving.hpp"
 #include "collie/algorithm/detail/requests.hpp"
 #include "collie/algorithm/detail/ring_schedule.hpp"
 #include "collie/core/call.hpp"
@@ -23,6 +24,7 @@ namespace collie {
 /// | collective     | steps        | bytes sent per rank | staging              |
 /// |----------------|--------------|---------------------|----------------------|
 /// | all_reduce ≤ small_bytes | ⌊log2 p⌋, +2 if p is no power of two | ⌊log2 p⌋ · S (recursive doubling) | S |
+/// | all_reduce ≤ halving_bytes, p = 2^k ≥ 4 | 2 log2(p) | 2(p-1)/p · S (recursive halving, doubling) | S/2 |
 /// | all_reduce     | 2(p-1)       | 2(p-1)/p · S        | 3 segments per lane  |
 /// | reduce_scatter | p-1          | (p-1)/p · S_in      | 3 segments per lane  |
 /// | all_gather     | p-1          | (p-1) · S_in        | none                 |
@@ -33,7 +35,12 @@ namespace collie {
 /// round, would cost far more than the bytes, so a small all-reduce is recursive doubling
 /// (`detail::doubling_all_reduce`): log2(p) rounds of one partner each, beyond the neighbours.
 /// Fewer rounds beat fewer bytes up to a few hundred KiB (256 KiB all_sum, TCP on one host:
-/// 1.07× the ring's busbw at n = 2, 1.30× at n = 4; 64 KiB: 1.6× and 1.8×).
+/// 1.07× the ring's busbw at n = 2, 1.30× at n = 4; 64 KiB: 1.6× and 1.8×). Up to
+/// `halving_bytes`, when p is a power of two from 4 on, recursive halving and doubling
+/// (`detail::halving_all_reduce`) sends the ring's bytes in 2·log2(p) rounds instead of 2(p-1)
+/// (4 ranks: 1.2× the ring at 1-2 MiB, 1.7× at 512 KiB). Larger messages gain more from the
+/// ring's pipelining, which overlaps the reduction with the transfer; with p = 2 both schedules
+/// are the same rounds, and with other p the extra ranks' fold costs more than it saves.
 /// Within each step the block is cut into `segment_bytes` segments; a segment is reduced and
 /// forwarded as soon as it arrives, so reduction overlaps transfer. `rings` rings run
 /// at once over disjoint parts of every block, alternating direction (ring 0 sends to rank+1,
@@ -56,6 +63,9 @@ struct Ring {
   std::size_t segment_bytes = 1 << 20;
   /// All-reduces of at most this many bytes use recursive doubling; 0 never does.
   std::size_t small_bytes = 256 * 1024;
+  /// Larger all-reduces up to this many bytes use recursive halving and doubling when the rank
+  /// count is a power of two, 4 or more; 0 never does.
+  std::size_t halving_bytes = 4 << 20;
 
   friend bool operator==(const Ring&, const Ring&) = default;
 
@@ -64,6 +74,10 @@ struct Ring {
                              const Reduction& reduction) const {
     if (data.size() <= small_bytes && t.size() > 1) {
       return detail::doubling_all_reduce(t, call, data, reduction);
+    }
+    const int p = t.size();
+    if (data.size() <= halving_bytes && p >= 4 && (p & (p - 1)) == 0) {
+      return detail::halving_all_reduce(t, call, data, reduction);
     }
     const detail::RingGeometry geo(t.size(), t.rank(), reduction.element_size,
                                    data.size() / reduction.element_size, rings, segment_bytes);
