@@ -72,10 +72,10 @@ struct Ring {
   template <Transport T>
   std::error_code all_reduce(T& t, Call& call, std::span<std::byte> data,
                              const Reduction& reduction) const {
-    if (data.size() <= small_bytes && t.size() > 1) {
+    const int p = t.size();
+    if (data.size() <= small_bytes && p > 1) {
       return detail::doubling_all_reduce(t, call, data, reduction);
     }
-    const int p = t.size();
     if (data.size() <= halving_bytes && p >= 4 && (p & (p - 1)) == 0) {
       return detail::halving_all_reduce(t, call, data, reduction);
     }

@@ -40,16 +40,14 @@ std::error_code doubling_all_reduce(T& t, Call& call, std::span<std::byte> data,
     if (auto ec = take_over(t, call, data, staging, reduction, r - 1, steps, phase)) return ec;
   }
   const std::size_t count = data.size() / reduction.element_size;
+  Requests<T> requests(t, call);
+  requests.reserve(2);
   for (int k = 0, d = 1; d < group.size; ++k, d *= 2) {
     const int partner = group.member ^ d;
-    const int step = group.step(k);
-    Requests<T> requests(t, call);
-    requests.reserve(2);
-    requests.recv(group.rank_of(partner), call.tag(static_cast<Tag>(step)), staging, phase, step,
-                  steps);
-    requests.send(group.rank_of(partner), call.tag(static_cast<Tag>(step)), data, phase, step,
-                  steps);
-    if (auto ec = requests.wait_all()) return ec;
+    if (auto ec = swap_with(requests, call, group.rank_of(partner), group.step(k), steps, staging,
+                            data, phase)) {
+      return ec;
+    }
     fold_pair(reduction, data.data(), staging.data(), count, partner < group.member);
   }
   if (group.paired) return hand_back(t, call, data, r - 1, steps, phase);

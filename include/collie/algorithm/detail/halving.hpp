@@ -59,17 +59,8 @@ std::error_code halving_all_reduce(T& t, Call& call, std::span<std::byte> data,
     if (auto ec = take_over(t, call, data, staging, reduction, r - 1, steps, "fold")) return ec;
   }
   const int member = group.member;
-  // One round with member `partner`: receive into `target`, send the elements `out`.
-  auto exchange = [&](int partner, int step, std::span<std::byte> target, Piece out,
-                  std::string_view phase) {
-    Requests<T> requests(t, call);
-    requests.reserve(2);
-    requests.recv(group.rank_of(partner), call.tag(static_cast<Tag>(step)), target, phase, step,
-                  steps);
-    requests.send(group.rank_of(partner), call.tag(static_cast<Tag>(step)), bytes(out), phase,
-                  step, steps);
-    return requests.wait_all();
-  };
+  Requests<T> requests(t, call);
+  requests.reserve(2);
 
   // Reduce-scatter: this member's run of blocks [lo, lo + width) halves every round.
   int lo = 0;
@@ -80,8 +71,8 @@ std::error_code halving_all_reduce(T& t, Call& call, std::span<std::byte> data,
     const bool upper = (member & d) != 0;
     const Piece keep = run(upper ? lo + half : lo, upper ? lo + width : lo + half);
     const Piece give = run(upper ? lo : lo + half, upper ? lo + half : lo + width);
-    if (auto ec = exchange(partner, group.step(k), staging.first(keep.count * es), give,
-                       "reduce-scatter")) {
+    if (auto ec = swap_with(requests, call, group.rank_of(partner), group.step(k), steps,
+                            staging.first(keep.count * es), bytes(give), "reduce-scatter")) {
       return ec;
     }
     fold_pair(reduction, data.data() + keep.begin * es, staging.data(), keep.count,
@@ -92,9 +83,10 @@ std::error_code halving_all_reduce(T& t, Call& call, std::span<std::byte> data,
   // All-gather: the run [lo, lo + width) doubles every round.
   for (int k = 0, d = 1; d < q; ++k, d *= 2) {
     const int partner_lo = lo ^ d;  // runs are aligned to their width, which is d here
-    if (auto ec = exchange(member ^ d, group.step(group.rounds + k),
-                       bytes(run(partner_lo, partner_lo + width)), run(lo, lo + width),
-                       "all-gather")) {
+    if (auto ec = swap_with(requests, call, group.rank_of(member ^ d),
+                            group.step(group.rounds + k), steps,
+                            bytes(run(partner_lo, partner_lo + width)), bytes(run(lo, lo + width)),
+                            "all-gather")) {
       return ec;
     }
     lo = std::min(lo, partner_lo);

@@ -53,6 +53,18 @@ inline void fold_pair(const Reduction& reduction, std::byte* target, const std::
   reduction.many(target, sources, 2, count);
 }
 
+/// One round with `peer`: receives into `into` and sends `from`, both tagged with `step`, and
+/// waits for both. `requests` is the caller's, reused round after round.
+template <Transport T>
+std::error_code swap_with(Requests<T>& requests, Call& call, int peer, int step, int steps,
+                          std::span<std::byte> into, std::span<const std::byte> from,
+                          std::string_view phase) {
+  const Tag tag = call.tag(static_cast<Tag>(step));
+  requests.recv(peer, tag, into, phase, step, steps);
+  requests.send(peer, tag, from, phase, step, steps);
+  return requests.wait_all();
+}
+
 /// The even rank of a pair: hands `data` to its odd partner at step 0 and takes the result back
 /// at the last step.
 template <Transport T>
