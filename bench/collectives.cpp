@@ -166,8 +166,11 @@ class Driver {
         const collie::bench::Times time = measure(bytes, placed_in);
         const auto wrong_all = static_cast<std::size_t>(reduce_sum(static_cast<double>(wrong)));
         wrong_total += wrong_all;
-        report.add(collie::bench::make_row(op, ranks_, bytes, row_count(bytes), placed_in, time,
-                                           wrong_all));
+        collie::bench::Row row =
+            collie::bench::make_row(op, ranks_, bytes, row_count(bytes), placed_in, time,
+                                    wrong_all);
+        row.iters = collie::bench::timed_iterations(config_.sweep, bytes);
+        report.add(row);
       }
     }
     std::array<double, 1> rss{static_cast<double>(collie::bench::peak_rss_bytes())};
@@ -283,10 +286,11 @@ class Driver {
     for (int i = 0; i < config_.sweep.warmup; ++i) execute(bytes, in_place);
     group_.barrier();
     const auto start = std::chrono::steady_clock::now();
-    for (int i = 0; i < config_.sweep.iters; ++i) execute(bytes, in_place);
+    const int iters = collie::bench::timed_iterations(config_.sweep, bytes);
+    for (int i = 0; i < iters; ++i) execute(bytes, in_place);
     const std::chrono::duration<double, std::micro> elapsed =
         std::chrono::steady_clock::now() - start;
-    const double us = elapsed.count() / config_.sweep.iters;
+    const double us = elapsed.count() / iters;
     std::array<double, 1> low{us}, high{us};
     group_.all_min(low);
     group_.all_max(high);

@@ -4,7 +4,7 @@ probe and OpenMPI (TCP and shared memory) over the same sweep, several times in 
 then prints and writes median bus bandwidths, ratios, plots and the performance targets.
 
     bench/compare.py --ranks 2,4 --repeats 5          # the full comparison (long)
-    bench/compare.py --ranks 2 --repeats 1 -b 8 -e 64K -f 8 -w 1 -n 2     # a quick look
+    bench/compare.py --ranks 2 --repeats 1 -b 8 -e 64K -f 8 -w 1 -n 2 -N 0   # a quick look
     bench/compare.py --from bench/results/20250101T120000Z     # redo tables and plots only
 
 Build the drivers first: bazel build --config=bench //bench:collectives //bench:wire_probe
@@ -147,6 +147,8 @@ def command_for(variant, ranks, settings, json_path):
     bin_dir = Path(settings["bin"])
     sweep = ["-b", settings["minbytes"], "-e", settings["maxbytes"], "-f", settings["stepfactor"],
              "-w", str(settings["warmup"]), "-n", str(settings["iters"]),
+             "-N", settings.get("iter_bytes", "0"),
+             "--max_iters", str(settings.get("max_iters", 10000)),
              "--json", str(json_path), "--label", variant]
     operation = ["-o", settings["op"], "-d", settings["datatype"],
                  "--in-place" if settings["in_place"] else "--out-of-place"]
@@ -656,7 +658,9 @@ def sweep_text(settings):
              f"sizes {settings['minbytes']}..{settings['maxbytes']}"
              + (f" x{settings['stepfactor']}" if settings.get("stepfactor") else "")]
     if settings.get("iters") is not None:
-        parts.append(f"-w {settings['warmup']} -n {settings['iters']}")
+        parts.append(f"-w {settings['warmup']} -n {settings['iters']}"
+                     + (f" -N {settings['iter_bytes']} --max-iters {settings['max_iters']}"
+                        if settings.get("iter_bytes") not in (None, "0") else ""))
     if settings.get("connections") is not None:
         parts.append(f"{settings['connections']} connection(s) per neighbour")
     parts.append(f"{settings['repeats']} repeat(s)")
@@ -731,7 +735,13 @@ def parse_arguments(argv):
     parser.add_argument("-w", "--warmup", type=int, default=5,
                         help="untimed iterations per size (default 5)")
     parser.add_argument("-n", "--iters", type=int, default=20,
-                        help="timed iterations per size (default 20)")
+                        help="timed iterations per size, the least with -N (default 20)")
+    parser.add_argument("-N", "--iter-bytes", type=size_argument, default="1G",
+                        help="time enough iterations at each size to move this many bytes per "
+                             "rank, at least -n and at most --max-iters, so small sizes are "
+                             "timed over more than a millisecond (default 1G; 0: -n everywhere)")
+    parser.add_argument("--max-iters", type=int, default=2000,
+                        help="the most timed iterations -N asks for (default 2000)")
     parser.add_argument("-o", "--op", default="all_sum", help="the collective (default all_sum)")
     parser.add_argument("-d", "--datatype", default="float32",
                         help="the element type (default float32)")
@@ -764,8 +774,8 @@ def parse_arguments(argv):
     args = parser.parse_args(argv)
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
-    if args.warmup < 0 or args.iters < 1:
-        parser.error("-w must be at least 0 and -n at least 1")
+    if args.warmup < 0 or args.iters < 1 or args.max_iters < 1:
+        parser.error("-w must be at least 0, and -n and --max-iters at least 1")
     if args.connections < 1:
         parser.error("--connections must be at least 1")
     if parse_size(args.minbytes) > parse_size(args.maxbytes):
@@ -777,7 +787,8 @@ def settings_of(args):
     return {
         "ranks": args.ranks, "repeats": args.repeats, "minbytes": args.minbytes,
         "maxbytes": args.maxbytes, "stepfactor": args.stepfactor, "warmup": args.warmup,
-        "iters": args.iters, "op": args.op, "datatype": args.datatype,
+        "iters": args.iters, "iter_bytes": args.iter_bytes, "max_iters": args.max_iters,
+        "op": args.op, "datatype": args.datatype,
         "connections": args.connections, "contenders": args.contenders,
         "in_place": True if args.in_place is None else args.in_place,
         "bin": str(args.bin.absolute()), "strict": args.strict,

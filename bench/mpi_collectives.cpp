@@ -160,8 +160,11 @@ class Driver {
         const collie::bench::Times time = measure(bytes, in);
         MPI_Allreduce(MPI_IN_PLACE, &wrong, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
         wrong_total += wrong;
-        report.add(collie::bench::make_row(op, ranks_, bytes, row_count(bytes), in, time,
-                                           static_cast<std::size_t>(wrong)));
+        collie::bench::Row row =
+            collie::bench::make_row(op, ranks_, bytes, row_count(bytes), in, time,
+                                    static_cast<std::size_t>(wrong));
+        row.iters = collie::bench::timed_iterations(config_.sweep, bytes);
+        report.add(row);
       }
     }
     std::uint64_t rss = collie::bench::peak_rss_bytes();
@@ -264,10 +267,11 @@ class Driver {
     for (int i = 0; i < config_.sweep.warmup; ++i) execute(bytes, in_place);
     MPI_Barrier(MPI_COMM_WORLD);
     const auto start = std::chrono::steady_clock::now();
-    for (int i = 0; i < config_.sweep.iters; ++i) execute(bytes, in_place);
+    const int iters = collie::bench::timed_iterations(config_.sweep, bytes);
+    for (int i = 0; i < iters; ++i) execute(bytes, in_place);
     const std::chrono::duration<double, std::micro> elapsed =
         std::chrono::steady_clock::now() - start;
-    const double us = elapsed.count() / config_.sweep.iters;
+    const double us = elapsed.count() / iters;
     double low = us, sum = us, high = us;
     MPI_Allreduce(MPI_IN_PLACE, &low, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);

@@ -44,6 +44,11 @@ struct Sweep {
   double factor = 2;           // -f; used when step_bytes == 0
   std::size_t step_bytes = 0;  // -i; linear step instead of factor
   int warmup = 5, iters = 20;  // -w, -n
+  // -N: at each size, time enough iterations to move this many bytes per rank (at least -n, at
+  // most max_iters), so small sizes are timed over more than a few microseconds without making
+  // large ones take minutes. 0 = -n at every size.
+  std::size_t iter_bytes = 0;
+  int max_iters = 10000;  // --max_iters
   bool check = true;           // -c 1|0
   std::string json_path;       // --json FILE ("" = none)
   std::string label;           // --label NAME, names the contender in the JSON
@@ -108,7 +113,7 @@ inline CLI::Validator size_transform() {
 
 /// Adds nccl-tests' sweep flags to `app`, bound to `sweep`: -b/--minbytes, -e/--maxbytes,
 /// -i/--stepbytes (all accept "64K", "256M"), -f/--stepfactor (> 1), -w/--warmup_iters,
-/// -n/--iters, -c/--check 1|0, plus --json FILE and --label NAME.
+/// -n/--iters, -N/--iter_bytes, --max_iters, -c/--check 1|0, plus --json FILE and --label NAME.
 inline void add_sweep_options(CLI::App& app, Sweep& sweep) {
   app.add_option("-b,--minbytes", sweep.min_bytes, "smallest size in bytes (64K, 1M, ...)")
       ->transform(detail::size_transform())
@@ -135,6 +140,14 @@ inline void add_sweep_options(CLI::App& app, Sweep& sweep) {
       ->check(CLI::NonNegativeNumber)
       ->capture_default_str();
   app.add_option("-n,--iters", sweep.iters, "timed iterations per size")
+      ->check(CLI::PositiveNumber)
+      ->capture_default_str();
+  app.add_option("-N,--iter_bytes", sweep.iter_bytes,
+                 "time enough iterations at each size to move this many bytes per rank, at least "
+                 "-n and at most --max_iters (0: -n at every size)")
+      ->transform(detail::size_transform())
+      ->capture_default_str();
+  app.add_option("--max_iters", sweep.max_iters, "the most timed iterations -N asks for")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
   app.add_option("-c,--check", sweep.check, "check the results (1) or not (0)")
@@ -173,6 +186,16 @@ inline std::vector<std::size_t> sizes(const Sweep& sweep, std::size_t element_by
     bytes = next;
   }
   return out;
+}
+
+/// Timed iterations at a size of `bytes`: -n, or with -N the count that moves at least
+/// `iter_bytes`, capped at `max_iters` and never below -n. It depends on the sweep and the size
+/// alone, so every rank of a run arrives at the same count without asking the others.
+inline int timed_iterations(const Sweep& sweep, std::size_t bytes) {
+  if (sweep.iter_bytes == 0 || bytes == 0) return sweep.iters;
+  const std::size_t wanted = sweep.iter_bytes / bytes + (sweep.iter_bytes % bytes != 0 ? 1 : 0);
+  const auto most = static_cast<std::size_t>(std::max(sweep.max_iters, sweep.iters));
+  return std::max(sweep.iters, static_cast<int>(std::min(wanted, most)));
 }
 
 /// The reductions the drivers know (all_sum, all_prod, all_max, all_min).
@@ -305,6 +328,7 @@ struct Row {
   Times time;
   double algbw_gbs = 0, busbw_gbs = 0;
   std::size_t wrong = 0;
+  int iters = 0;  // timed iterations behind `time` (0: not recorded)
 };
 
 /// A row with algbw = bytes / max_us in decimal GB/s and busbw = algbw * bus_factor(op, ranks).
@@ -438,7 +462,8 @@ class Report {
                       {"time_us", time},
                       {"algbw_gbs", row.algbw_gbs},
                       {"busbw_gbs", row.busbw_gbs},
-                      {"wrong", row.wrong}});
+                      {"wrong", row.wrong},
+                      {"iters", row.iters}});
     }
     const nlohmann::json report = {{"tool", header_.tool},
                                    {"contender", header_.contender},

@@ -38,6 +38,20 @@ assert not bad, "#wrong > 0 at sizes %s" % bad
 PY
 }
 
+# check_iters FILE N BYTES MAX: every row timed max(N, min(MAX, ceil(BYTES / size))) iterations,
+# as -n N -N BYTES --max_iters MAX asks.
+check_iters() {
+  python3 - "$@" <<'PY'
+import json, sys
+path, least, target, most = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+with open(path) as f:
+    rows = json.load(f)["rows"]
+for row in rows:
+    want = max(least, min(most, -(-target // row["bytes"])))
+    assert row["iters"] == want, "%d B: %s iterations, expected %d" % (row["bytes"], row["iters"], want)
+PY
+}
+
 # run_case NAME COMMAND...: runs the command with --json appended, then checks its exit code and
 # its report; on failure shows the command's output and goes on with the next case.
 run_case() {
@@ -86,6 +100,15 @@ for op in all_gather sum_scatter broadcast all_to_all sendrecv; do
 done
 run_case "all_sum inproc/ring, 3 threads, bfloat16" \
   "$collectives" --threads 3 "${sweep[@]}" -d bfloat16
+run_case "all_sum tcp/ring, iterations by size (-N)" \
+  "$run_local" 2 "$collectives" "${sweep[@]}" -N 64K --max_iters 50
+if check_iters "$tmp/case$case_number.json" 2 65536 50 >"$tmp/iters.log" 2>&1; then
+  echo "ok   -N sets each size's iterations"
+else
+  echo "FAIL -N sets each size's iterations"
+  cat "$tmp/iters.log"
+  failures=$((failures + 1))
+fi
 expect_exit "a bad command line exits 2" 2 "$collectives" --op no_such_op
 expect_exit "an impossible root exits 2" 2 "$collectives" --threads 2 -o broadcast --root 7
 

@@ -778,13 +778,14 @@ int probe(int argc, char** argv) {
                                   sweep.warmup);
       run(streams);
     }
-    auto streams = make_streams(ring, layout, send_buffer.data(), recv_buffer.data(), sweep.iters);
+    const int iters = bench::timed_iterations(sweep, bytes);
+    auto streams = make_streams(ring, layout, send_buffer.data(), recv_buffer.data(), iters);
     exchange(ring, {});  // barrier: every rank starts the timed run together
     const auto start = Clock::now();
     run(streams);
     const auto elapsed = std::chrono::duration<double, std::micro>(Clock::now() - start);
 
-    const auto all = exchange(ring, {.time_us = elapsed.count() / sweep.iters, .wrong = wrong});
+    const auto all = exchange(ring, {.time_us = elapsed.count() / iters, .wrong = wrong});
     bench::Times times{.min_us = all[0].time_us, .avg_us = 0, .max_us = all[0].time_us};
     std::size_t wrong_total = 0;
     for (const auto& c : all) {
@@ -797,6 +798,7 @@ int probe(int argc, char** argv) {
     bench::Row row = bench::make_row("wire", ranks, bytes, count, false, times, wrong_total);
     // algbw = S / time as for every row; the bus carries what an all-reduce of S carries.
     row.busbw_gbs = row.algbw_gbs * bench::bus_factor("all_sum", ranks);
+    row.iters = iters;
     report.add(row);
   }
 
