@@ -41,8 +41,9 @@ namespace collie {
 /// (4 ranks: 1.2× the ring at 1-2 MiB, 1.7× at 512 KiB). Larger messages gain more from the
 /// ring's pipelining, which overlaps the reduction with the transfer; with p = 2 both schedules
 /// are the same rounds, and with other p the extra ranks' fold costs more than it saves.
-/// Within each step the block is cut into `segment_bytes` segments; a segment is reduced and
-/// forwarded as soon as it arrives, so reduction overlaps transfer. `rings` rings run
+/// Within each step the block is cut into `segment_bytes` segments (two at least, once each half
+/// is 256 KiB or more); a segment is reduced and forwarded as soon as it arrives, so reduction
+/// overlaps transfer. `rings` rings run
 /// at once over disjoint parts of every block, alternating direction (ring 0 sends to rank+1,
 /// ring 1 to rank-1, ...), so a full-duplex link carries data both ways and a transport with
 /// several connections per neighbour can stripe rings across them.

@@ -38,6 +38,7 @@ struct RingGeometry {
   std::size_t rings = 1;
   std::size_t chunks = 1;  // segments per (block, ring)
   std::size_t max_chunk_elements = 0;
+  static constexpr std::size_t min_pipelined_bytes = 256 << 10;
 
   RingGeometry(int size, int rank, std::size_t element_bytes, std::size_t elements,
                std::size_t ring_count, std::size_t segment_bytes)
@@ -49,6 +50,11 @@ struct RingGeometry {
     const std::size_t largest_sub = piece(largest_block, rings, 0).count;
     const std::size_t segment_elements = std::max<std::size_t>(segment_bytes / element_size, 1);
     chunks = std::max<std::size_t>((largest_sub + segment_elements - 1) / segment_elements, 1);
+    // A sub-piece that fits one segment would leave nothing to overlap: its reduction waits
+    // for the whole of it to arrive, and the next step's send for the whole reduction. Two
+    // halves pipeline, once each half is still large enough for the messages not to dominate
+    // (n = 2, 2 MiB: 2.65 vs 2.03 GB/s busbw, 5 alternating runs).
+    if (chunks == 1 && largest_sub * element_size >= 2 * min_pipelined_bytes) chunks = 2;
     max_chunk_elements = piece(largest_sub, chunks, 0).count;
   }
 
