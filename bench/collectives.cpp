@@ -166,11 +166,8 @@ class Driver {
         const collie::bench::Times time = measure(bytes, placed_in);
         const auto wrong_all = static_cast<std::size_t>(reduce_sum(static_cast<double>(wrong)));
         wrong_total += wrong_all;
-        collie::bench::Row row =
-            collie::bench::make_row(op, ranks_, bytes, row_count(bytes), placed_in, time,
-                                    wrong_all);
-        row.iters = collie::bench::timed_iterations(config_.sweep, bytes);
-        report.add(row);
+        report.add(collie::bench::make_row(op, ranks_, bytes, row_count(bytes), placed_in, time,
+                                           wrong_all));
       }
     }
     std::array<double, 1> rss{static_cast<double>(collie::bench::peak_rss_bytes())};
@@ -294,7 +291,7 @@ class Driver {
     std::array<double, 1> low{us}, high{us};
     group_.all_min(low);
     group_.all_max(high);
-    return {low[0], reduce_sum(us) / ranks_, high[0]};
+    return {low[0], reduce_sum(us) / ranks_, high[0], iters};
   }
 
   double reduce_sum(double value) {

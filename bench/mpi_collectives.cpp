@@ -160,11 +160,8 @@ class Driver {
         const collie::bench::Times time = measure(bytes, in);
         MPI_Allreduce(MPI_IN_PLACE, &wrong, 1, MPI_UINT64_T, MPI_SUM, MPI_COMM_WORLD);
         wrong_total += wrong;
-        collie::bench::Row row =
-            collie::bench::make_row(op, ranks_, bytes, row_count(bytes), in, time,
-                                    static_cast<std::size_t>(wrong));
-        row.iters = collie::bench::timed_iterations(config_.sweep, bytes);
-        report.add(row);
+        report.add(collie::bench::make_row(op, ranks_, bytes, row_count(bytes), in, time,
+                                           static_cast<std::size_t>(wrong)));
       }
     }
     std::uint64_t rss = collie::bench::peak_rss_bytes();
@@ -276,7 +273,7 @@ class Driver {
     MPI_Allreduce(MPI_IN_PLACE, &low, 1, MPI_DOUBLE, MPI_MIN, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, &sum, 1, MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD);
     MPI_Allreduce(MPI_IN_PLACE, &high, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-    return {low, sum / ranks_, high};
+    return {low, sum / ranks_, high, iters};
   }
 
   const Config& config_;

@@ -318,6 +318,7 @@ inline double bus_factor(std::string_view op, int ranks) {
 /// One operation's time across ranks, already reduced by the caller (the slowest rank is `max`).
 struct Times {
   double min_us = 0, avg_us = 0, max_us = 0;
+  int iters = 0;  // timed iterations behind them (0: not recorded)
 };
 
 /// One row of the table: a size and placement, its time and bandwidths, and how many elements
@@ -328,7 +329,6 @@ struct Row {
   Times time;
   double algbw_gbs = 0, busbw_gbs = 0;
   std::size_t wrong = 0;
-  int iters = 0;  // timed iterations behind `time` (0: not recorded)
 };
 
 /// A row with algbw = bytes / max_us in decimal GB/s and busbw = algbw * bus_factor(op, ranks).
@@ -463,7 +463,7 @@ class Report {
                       {"algbw_gbs", row.algbw_gbs},
                       {"busbw_gbs", row.busbw_gbs},
                       {"wrong", row.wrong},
-                      {"iters", row.iters}});
+                      {"iters", row.time.iters}});
     }
     const nlohmann::json report = {{"tool", header_.tool},
                                    {"contender", header_.contender},

@@ -786,7 +786,8 @@ int probe(int argc, char** argv) {
     const auto elapsed = std::chrono::duration<double, std::micro>(Clock::now() - start);
 
     const auto all = exchange(ring, {.time_us = elapsed.count() / iters, .wrong = wrong});
-    bench::Times times{.min_us = all[0].time_us, .avg_us = 0, .max_us = all[0].time_us};
+    bench::Times times{
+        .min_us = all[0].time_us, .avg_us = 0, .max_us = all[0].time_us, .iters = iters};
     std::size_t wrong_total = 0;
     for (const auto& c : all) {
       times.min_us = std::min(times.min_us, c.time_us);
@@ -798,7 +799,6 @@ int probe(int argc, char** argv) {
     bench::Row row = bench::make_row("wire", ranks, bytes, count, false, times, wrong_total);
     // algbw = S / time as for every row; the bus carries what an all-reduce of S carries.
     row.busbw_gbs = row.algbw_gbs * bench::bus_factor("all_sum", ranks);
-    row.iters = iters;
     report.add(row);
   }
 
