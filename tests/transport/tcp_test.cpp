@@ -298,6 +298,43 @@ TEST_CASE("a burst of small messages, many to a read, arrives whole, in or out o
   });
 }
 
+TEST_CASE("a receive posted with the wrong size fails, and the messages behind it still arrive") {
+  // The receives are posted before the messages come, so the reader finds the mismatch in the
+  // header and must skip exactly that payload (small, and larger than a read-ahead) to stay in
+  // step with the stream.
+  const auto hosts = loopback_hosts(2, 1);
+  std::atomic<bool> posted{false};
+  Ranks ranks;
+  ranks.run(2, [&](int r) {
+    Collective<TcpTransport, Ring> c(TcpTransport::connect(config_for(r, hosts)));
+    c.barrier();
+    const std::size_t sizes[] = {100, 30000, 16};
+    if (r == 0) {
+      while (!posted) std::this_thread::sleep_for(1ms);
+      for (int i = 0; i < 3; ++i) {
+        std::vector<std::uint8_t> message(sizes[i], static_cast<std::uint8_t>(i + 1));
+        auto request = c.transport().post_send(1, static_cast<Tag>(50 + i), std::as_bytes(std::span(message)));
+        if (c.transport().wait(request, Deadline::after(10s))) ranks.fail("send " + std::to_string(i) + " failed");
+      }
+    } else {
+      std::vector<std::uint8_t> small(7), large(29999), last(16);
+      auto wrong_small = c.transport().post_recv(0, 50, std::as_writable_bytes(std::span(small)));
+      auto wrong_large = c.transport().post_recv(0, 51, std::as_writable_bytes(std::span(large)));
+      auto right = c.transport().post_recv(0, 52, std::as_writable_bytes(std::span(last)));
+      posted = true;
+      if (c.transport().wait(wrong_small, Deadline::after(10s)) != std::error_code(errc::protocol_error)) {
+        ranks.fail("a 7-byte receive of a 100-byte message did not fail with protocol_error");
+      }
+      if (c.transport().wait(wrong_large, Deadline::after(10s)) != std::error_code(errc::protocol_error)) {
+        ranks.fail("a 29999-byte receive of a 30000-byte message did not fail with protocol_error");
+      }
+      if (c.transport().wait(right, Deadline::after(10s))) ranks.fail("the message behind them failed");
+      if (std::count(last.begin(), last.end(), 3) != 16) ranks.fail("the message behind them is wrong");
+    }
+    c.barrier();
+  });
+}
+
 TEST_CASE("a connection from another job is refused, and both ends say why") {
   const auto hosts = loopback_hosts(2, 1);
   Ranks ranks;

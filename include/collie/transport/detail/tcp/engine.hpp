@@ -981,9 +981,11 @@ class Engine {
       return;
     }
     const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(have, c->left));
-    if (c->reading != Connection::Reading::skip) std::memcpy(c->target, from, n);
+    if (c->reading != Connection::Reading::skip) {
+      std::memcpy(c->target, from, n);
+      c->target += n;
+    }
     c->inbox_begin += n;
-    c->target += n;
     c->left -= n;
     if (c->left == 0) end_of_payload(c);
   }
