@@ -39,11 +39,10 @@ struct TcpConfig {
   /// How long any later wait may take (see Options::timeout).
   std::chrono::milliseconds timeout{std::chrono::seconds(60)};
   /// How long a wait polls the sockets before it sleeps. The waiting thread runs the I/O itself,
-  /// so a reply that arrives within the spin costs no wake-up at all. Unset (the default): 50 us
-  /// when this host has at least one core per rank on it (ranks are counted by their first
-  /// address), else 0, since a spinning rank would hold the core that the rank it waits for
-  /// needs. Only a wait on an operation in flight spins, and only this long: idle ranks never
-  /// burn a core.
+  /// so a reply that arrives within the spin costs no wake-up at all. Unset (the default): 50 us.
+  /// On a host with fewer cores than ranks (ranks are counted by their first address) the
+  /// spinning thread yields its core between polls, so that the rank it waits for can run. Only
+  /// a wait on an operation in flight spins, and only this long: idle ranks never burn a core.
   std::optional<std::chrono::microseconds> spin;
   /// Log connection set-up to stderr, prefixed "[collie ring]".
   bool verbose = false;

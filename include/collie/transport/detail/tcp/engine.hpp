@@ -1306,21 +1306,26 @@ class Engine {
 
   // ----- who runs the event loop --------------------------------------------------------------
 
-  // How long a wait polls before it sleeps: as configured, or else 50 us when this host has a
-  // core for every rank on it, and 0 when it has fewer. Measured at n = 2 on 2 cores, 50 us
-  // took an 8-byte all_sum from 30 to 21 us; at n = 4 on 2 cores it took it from 155 to 217 us,
-  // the spinning rank holding the core that the rank it waits for needs.
+  // How long a wait polls before it sleeps: as configured, or else 50 us. Measured at n = 2 on
+  // 2 cores, 50 us took an 8-byte all_sum from 30 to 21 us.
   static std::chrono::microseconds spin_for(const TcpConfig& config) {
-    if (config.spin) return *config.spin;
-    if (config.rank < 0 || config.rank >= config.size()) return {};  // validate() reports it
+    return config.spin ? *config.spin : std::chrono::microseconds(50);
+  }
+
+  // Whether a polling wait yields its core between polls: when this host has fewer cores than
+  // ranks on it, so that the rank it waits for can run. At n = 4 on 2 cores a plain 50 us spin
+  // took an 8-byte all_sum from 91 to 142 us (the spinning rank holding the core that the rank
+  // it waits for needs), and the same spin with a yield between polls to 51 us (3 alternating
+  // runs; OpenMPI, which yields the same way when oversubscribed, 94 us).
+  static bool yield_for(const TcpConfig& config) {
+    if (config.rank < 0 || config.rank >= config.size()) return false;  // validate() reports it
     const auto& mine = config.hosts[static_cast<std::size_t>(config.rank)];
     const auto here = mine.empty() ? std::string() : mine.front().host;
     const auto local = std::count_if(config.hosts.begin(), config.hosts.end(), [&](const auto& list) {
       return !list.empty() && list.front().host == here;
     });
     const auto cores = std::thread::hardware_concurrency();
-    return cores != 0 && static_cast<unsigned>(local) <= cores ? std::chrono::microseconds(50)
-                                                               : std::chrono::microseconds(0);
+    return cores != 0 && static_cast<unsigned>(local) > cores;
   }
 
   static std::int64_t now_ns() noexcept {
@@ -1403,6 +1408,7 @@ class Engine {
         // read completes, the connection is re-armed with a readiness wait and read from here.
         for (std::size_t i = 0; i < n_watched && !is_done(op); ++i) pump(watched[i]);
         if (!is_done(op)) io_.poll();
+        if (yield_ && !is_done(op)) std::this_thread::yield();
         continue;
       }
       const auto slice = now + std::chrono::milliseconds(100);
@@ -1467,6 +1473,7 @@ class Engine {
   // at most that long before the I/O thread writes the rest.
   static constexpr std::chrono::nanoseconds park_grace{std::chrono::milliseconds(10)};
   std::chrono::microseconds spin_ = spin_for(config_);
+  bool yield_ = yield_for(config_);
   std::mutex drive_mutex_;
   std::atomic<int> want_drive_{0};
   std::atomic<std::int64_t> resume_at_{0};  // steady-clock ns before which the I/O thread parks
