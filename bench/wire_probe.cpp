@@ -15,7 +15,10 @@
 // I/O: by default one thread per rank multiplexes every socket with poll(), as collie's single
 // I/O thread does; --io threads gives each direction of each connection its own thread. Socket
 // buffers are left to the kernel's autotuning: forcing SO_SNDBUF/SO_RCVBUF (--socket-buffer)
-// caps them at net.core.[rw]mem_max (4 MiB here) and measured slower at every size tried.
+// caps them at net.core.[rw]mem_max (4 MiB here) and measured slower at every size tried. The
+// congestion control follows collie's rule (TcpConfig::congestion, COLLIE_TCP_CONGESTION): reno
+// between two ends on one host unless told otherwise, so that the probe and the transport it
+// bounds run on the same kind of stream.
 //
 // Environment and connections as in collie's ring backend (ring_config_from_environment):
 // MLX_RANK, MLX_HOSTFILE (per rank, K "ip:port" addresses), COLLIE_JOB_TOKEN,
@@ -49,6 +52,7 @@
 #include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <thread>
@@ -152,6 +156,40 @@ void prepare_socket(int fd, const ProbeOptions& options) {
     const int bytes = static_cast<int>(std::min<std::size_t>(options.socket_buffer, 1u << 30));
     set_int_option(fd, SOL_SOCKET, SO_SNDBUF, bytes, "SO_SNDBUF");
     set_int_option(fd, SOL_SOCKET, SO_RCVBUF, bytes, "SO_RCVBUF");
+  }
+}
+
+// The congestion control of a connected data socket, by collie's rule (TcpConfig::congestion):
+// the name asked for, else reno when both ends are on this host; "" keeps the system's.
+void choose_congestion(int fd, const std::optional<std::string>& asked) {
+  std::string name;
+  if (asked) {
+    name = *asked;
+  } else {
+    sockaddr_storage local{};
+    sockaddr_storage remote{};
+    socklen_t local_length = sizeof(local);
+    socklen_t remote_length = sizeof(remote);
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_length) != 0 ||
+        ::getpeername(fd, reinterpret_cast<sockaddr*>(&remote), &remote_length) != 0) {
+      return;
+    }
+    bool same_host = false;
+    if (remote.ss_family == AF_INET && local.ss_family == AF_INET) {
+      const auto l = reinterpret_cast<const sockaddr_in*>(&local)->sin_addr.s_addr;
+      const auto r = reinterpret_cast<const sockaddr_in*>(&remote)->sin_addr.s_addr;
+      same_host = l == r || (ntohl(r) >> 24) == 127;
+    } else if (remote.ss_family == AF_INET6 && local.ss_family == AF_INET6) {
+      const auto& l = reinterpret_cast<const sockaddr_in6*>(&local)->sin6_addr;
+      const auto& r = reinterpret_cast<const sockaddr_in6*>(&remote)->sin6_addr;
+      same_host = std::memcmp(&l, &r, sizeof(l)) == 0 || IN6_IS_ADDR_LOOPBACK(&r);
+    }
+    if (same_host) name = "reno";
+  }
+  if (name.empty()) return;
+  if (::setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name.data(),
+                   static_cast<socklen_t>(name.size())) != 0) {
+    fail_socket("setsockopt TCP_CONGESTION " + name, errno);
   }
 }
 
@@ -283,6 +321,7 @@ Ring connect_ring(const collie::TcpConfig& config, const ProbeOptions& options) 
       prepare_socket(socket.fd(), options);
       if (::connect(socket.fd(), reinterpret_cast<const sockaddr*>(&where.address),
                     where.length) == 0) {
+        choose_congestion(socket.fd(), config.congestion);
         connection.socket = std::move(socket);
         break;
       }
@@ -327,6 +366,7 @@ Ring connect_ring(const collie::TcpConfig& config, const ProbeOptions& options) 
         fail_socket("accept on " + own[l].to_string(), errno);
       }
       set_int_option(socket.fd(), IPPROTO_TCP, TCP_NODELAY, 1, "TCP_NODELAY");
+      choose_congestion(socket.fd(), config.congestion);
       set_nonblocking(socket.fd());
       Connection connection;
       connection.socket = std::move(socket);

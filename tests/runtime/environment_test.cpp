@@ -35,6 +35,8 @@ constexpr std::string_view all_variables[] = {"COLLIE_RANK",
                                               "COLLIE_RING_VERBOSE",
                                               "COLLIE_SPIN_US",
                                               "MLX_SPIN_US",
+                                              "COLLIE_TCP_CONGESTION",
+                                              "MLX_TCP_CONGESTION",
                                               "MLX_RING_VERBOSE",
                                               "COLLIE_COORDINATOR",
                                               "MLX_COORDINATOR",
@@ -176,6 +178,13 @@ TEST_CASE("timeouts_from_environment reads timeouts, the job token and verbosity
   environment.set("COLLIE_SPIN_US", "40");
   detail::timeouts_from_environment(config);
   CHECK(config.spin == std::chrono::microseconds(40));
+  CHECK_FALSE(config.congestion.has_value());
+  environment.set("COLLIE_TCP_CONGESTION", "cubic");
+  detail::timeouts_from_environment(config);
+  CHECK(config.congestion == "cubic");
+  environment.set("COLLIE_TCP_CONGESTION", "system");  // the kernel's own choice, everywhere
+  detail::timeouts_from_environment(config);
+  CHECK(config.congestion == "");
 }
 
 TEST_CASE("a malformed timeout or token names the variable and what to set") {

@@ -12,12 +12,17 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <fstream>
 #include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
 #include <thread>
 #include <vector>
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 
 #include "collie/algorithm/mesh.hpp"
 #include "collie/algorithm/ring.hpp"
@@ -135,7 +140,89 @@ void check_collectives(int p, int connections,
   });
 }
 
+// The congestion control of every TCP connection of this process that has one of the ports of
+// `hosts` at either end (listening sockets have no peer and are left out), read from the kernel.
+std::vector<std::string> congestion_of_connections(const std::vector<std::vector<Endpoint>>& hosts) {
+  std::vector<std::uint16_t> ports;
+  for (const auto& list : hosts) {
+    for (const auto& e : list) ports.push_back(e.port);
+  }
+  auto ours = [&](const sockaddr_storage& a) {
+    return a.ss_family == AF_INET &&
+           std::count(ports.begin(), ports.end(),
+                      ntohs(reinterpret_cast<const sockaddr_in*>(&a)->sin_port)) > 0;
+  };
+  std::vector<std::string> names;
+  for (int fd = 0; fd < 4096; ++fd) {
+    sockaddr_storage local{};
+    sockaddr_storage remote{};
+    socklen_t local_length = sizeof(local);
+    socklen_t remote_length = sizeof(remote);
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_length) != 0) continue;
+    if (::getpeername(fd, reinterpret_cast<sockaddr*>(&remote), &remote_length) != 0) continue;
+    if (!ours(local) && !ours(remote)) continue;
+    char name[32] = {};
+    socklen_t length = sizeof(name);
+    if (::getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, &length) != 0) continue;
+    names.emplace_back(name);
+  }
+  return names;
+}
+
+std::string first_line_of(const char* path) {
+  std::ifstream file(path);
+  std::string line;
+  std::getline(file, line);
+  return line;
+}
+
 }  // namespace
+
+TEST_CASE("connections between ranks on one host use reno unless told otherwise") {
+  // Reno because a pacing algorithm (BBR) reorders a stream between two cores of one host; a
+  // name the user sets wins, and an empty one keeps the system's choice.
+  const std::string system = first_line_of("/proc/sys/net/ipv4/tcp_congestion_control");
+  REQUIRE_FALSE(system.empty());
+  for (const std::optional<std::string>& asked :
+       {std::optional<std::string>(), std::optional<std::string>(""),
+        std::optional<std::string>(system)}) {
+    CAPTURE(asked.value_or("(unset)"));
+    const auto hosts = loopback_hosts(3, 2);
+    std::vector<std::string> seen;
+    std::atomic<int> connected{0};
+    Ranks ranks;
+    ranks.run(3, [&](int r) {
+      TcpConfig config = config_for(r, hosts);
+      config.congestion = asked;
+      Collective<TcpTransport, Ring> c(TcpTransport::connect(std::move(config)));
+      std::vector<float> x(1000, 1.0f);
+      c.all_sum(x);
+      // Every rank has connected once all three are here; the barrier keeps the sockets open
+      // until the last one has looked at them.
+      if (++connected == 3) seen = congestion_of_connections(hosts);
+      c.barrier();
+    });
+    const std::string expected = !asked ? "reno" : asked->empty() ? system : *asked;
+    CAPTURE(expected);
+    CHECK(seen.size() >= 12);  // 2 connections between each pair of 3 ranks, both ends here
+    for (const auto& name : seen) CHECK(name == expected);
+  }
+}
+
+TEST_CASE("a congestion control the system does not offer fails the set-up, naming the knob") {
+  const auto hosts = loopback_hosts(2, 1);
+  auto config = config_for(0, hosts);
+  config.congestion = "no-such-cc";
+  std::error_code ec;
+  auto t = TcpTransport::connect(config, ec);
+  CHECK(!t);
+  CHECK(ec == errc::bad_configuration);
+  const std::string& m = detail::last_error_message;
+  CAPTURE(m);
+  CHECK(m.find("\"no-such-cc\"") != std::string::npos);
+  CHECK(m.find("COLLIE_TCP_CONGESTION") != std::string::npos);
+  CHECK(m.find("tcp_allowed_congestion_control") != std::string::npos);
+}
 
 TEST_CASE("ring and mesh collectives run over TCP with 1 and 2 connections per neighbour") {
   for (int p : {2, 3, 4}) {

@@ -160,6 +160,7 @@ inline std::optional<std::chrono::milliseconds> parse_timeout_ms(const EnvVariab
 /// | `COLLIE_JOB_TOKEN` (decimal or 0x hex)    | `job_token`       | 0       |
 /// | `COLLIE_RING_VERBOSE` / `MLX_RING_VERBOSE`| `verbose`         | off     |
 /// | `COLLIE_SPIN_US`                          | `spin`            | automatic (TcpConfig::spin) |
+/// | `COLLIE_TCP_CONGESTION` (a name, or "system") | `congestion`  | automatic (TcpConfig::congestion) |
 ///
 /// Verbosity is on for any non-empty value but "0". Errors: `errc::bad_configuration` naming the
 /// variable and its value; `config` may then be partly filled.
@@ -198,6 +199,11 @@ inline void timeouts_from_environment(TcpConfig& config, std::error_code& ec) no
         return;
       }
       config.spin = std::chrono::microseconds(*value);
+    }
+    if (auto variable = env("TCP_CONGESTION")) {
+      // "system" keeps the kernel's choice; a name the kernel refuses fails at set-up, where the
+      // names it offers are known.
+      config.congestion = variable->value == "system" ? std::string() : variable->value;
     }
   } catch (const std::bad_alloc&) {
     report_config_error(ec, std::make_error_code(std::errc::not_enough_memory),

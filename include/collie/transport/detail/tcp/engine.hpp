@@ -28,6 +28,8 @@
 #include <utility>
 #include <vector>
 
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -436,6 +438,61 @@ class Engine {
         config_.listening_sockets.size() != config_.hosts[static_cast<std::size_t>(rank_)].size()) {
       fail_setup(errc::bad_configuration, "listening_sockets must have one socket per address");
     }
+    if (config_.congestion && !config_.congestion->empty()) {
+      // Tried on a spare socket, so that a name the system refuses stops the set-up before any
+      // connection, rather than leaving some connections with it and some without.
+      const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+      if (fd >= 0) {
+        const int failed = set_congestion(fd, *config_.congestion);
+        const int error = errno;
+        ::close(fd);
+        if (failed != 0) {
+          fail_setup(errc::bad_configuration,
+                     "TCP congestion control \"" + *config_.congestion +
+                         "\" (COLLIE_TCP_CONGESTION or TcpConfig::congestion): " +
+                         std::strerror(error) + "; this process may use: " +
+                         allowed_congestion() +
+                         " (net.ipv4.tcp_allowed_congestion_control). Name one of those, or "
+                         "leave the variable unset");
+        }
+      }
+    }
+  }
+
+  static int set_congestion(int fd, const std::string& name) noexcept {
+    return ::setsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name.data(),
+                        static_cast<socklen_t>(name.size()));
+  }
+
+  static std::string allowed_congestion() {
+    std::string line;
+    if (std::FILE* file = std::fopen("/proc/sys/net/ipv4/tcp_allowed_congestion_control", "r")) {
+      char buffer[256];
+      if (std::fgets(buffer, sizeof buffer, file) != nullptr) line = buffer;
+      std::fclose(file);
+    }
+    while (!line.empty() && (line.back() == '\n' || line.back() == ' ')) line.pop_back();
+    return line.empty() ? "unknown" : line;
+  }
+
+  // Gives a new data connection its congestion control (TcpConfig::congestion): by default reno
+  // when both ends are on this host, where a pacing algorithm only reorders the stream.
+  void choose_congestion(tcp::socket& socket) const {
+    std::string name;
+    if (config_.congestion) {
+      name = *config_.congestion;
+    } else {
+      std::error_code local_error;
+      std::error_code remote_error;
+      const auto local = socket.local_endpoint(local_error).address();
+      const auto remote = socket.remote_endpoint(remote_error).address();
+      if (local_error || remote_error) return;  // the connection is already gone
+      if (remote.is_loopback() || remote == local) name = "reno";
+    }
+    if (name.empty()) return;
+    if (set_congestion(socket.native_handle(), name) != 0) {
+      log("could not set TCP congestion control " + name + ": " + std::strerror(errno));
+    }
   }
 
   std::size_t connections_per_neighbour() const {
@@ -604,6 +661,7 @@ class Engine {
         return;
       }
       a->connection->socket.set_option(tcp::no_delay(true), ec);
+      choose_congestion(a->connection->socket);
       Hello hello;
       hello.connection = a->connection_index;
       hello.world_size = static_cast<std::uint32_t>(size_);
@@ -677,6 +735,7 @@ class Engine {
       accept_next(acceptor);
       if (ec) return;
       in->connection->socket.set_option(tcp::no_delay(true), ec);
+      choose_congestion(in->connection->socket);
       // A connection that never says hello is dropped after the connect timeout.
       in->timer.expires_after(config_.connect_timeout);
       in->timer.async_wait([in](std::error_code ec) {
