@@ -185,7 +185,8 @@ TEST_CASE_TEMPLATE_APPLY(identical, AsTuple<collie::EnabledAlgorithms>::type);
 TEST_CASE("each of the ring's all-reduce schedules handles every count") {
   const Ring schedules[] = {Ring{.small_bytes = 0, .halving_bytes = 0},
                             Ring{.small_bytes = 0, .halving_bytes = std::size_t{1} << 30},
-                            Ring{.small_bytes = std::size_t{1} << 30}};
+                            Ring{.small_bytes = std::size_t{1} << 30,
+                                 .halving_from_bytes = std::size_t{1} << 30}};
   for (const Ring& ring : schedules) {
     for (int p : rank_counts) {
       CAPTURE(ring.small_bytes);

@@ -76,7 +76,8 @@ TEST_CASE("the ring backend's algorithm knobs are read from the environment, and
   ::setenv("MLX_RANK", "0", 1);
   ::setenv("MLX_HOSTFILE", hostfile.c_str(), 1);
   const char* knobs[] = {"COLLIE_RING_RINGS", "COLLIE_RING_SEGMENT_BYTES", "COLLIE_RING_SMALL_BYTES",
-                         "COLLIE_RING_HALVING_BYTES", "COLLIE_MESH_SMALL_BYTES"};
+                         "COLLIE_RING_HALVING_BYTES", "COLLIE_RING_HALVING_FROM_BYTES",
+                         "COLLIE_MESH_SMALL_BYTES"};
   struct Refused {
     const char* name;
     const char* value;
@@ -88,6 +89,7 @@ TEST_CASE("the ring backend's algorithm knobs are read from the environment, and
       {"COLLIE_RING_SEGMENT_BYTES", "100", "[4096, 1073741824]"},
       {"COLLIE_RING_SMALL_BYTES", "2G", "default 262144"},
       {"COLLIE_RING_HALVING_BYTES", "4x", "COLLIE_RING_HALVING_BYTES=4x is out of range"},
+      {"COLLIE_RING_HALVING_FROM_BYTES", "3G", "COLLIE_RING_HALVING_FROM_BYTES=3G is out of range"},
       {"COLLIE_MESH_SMALL_BYTES", "-1", "COLLIE_MESH_SMALL_BYTES=-1 is out of range"},
   };
   for (const auto& c : refused) {
@@ -106,6 +108,7 @@ TEST_CASE("the ring backend's algorithm knobs are read from the environment, and
   ::setenv("COLLIE_RING_SEGMENT_BYTES", "256k", 1);
   ::setenv("COLLIE_RING_SMALL_BYTES", " 0 ", 1);
   ::setenv("COLLIE_RING_HALVING_BYTES", "8M", 1);
+  ::setenv("COLLIE_RING_HALVING_FROM_BYTES", "32k", 1);
   ::setenv("COLLIE_MESH_SMALL_BYTES", "1M", 1);
   std::error_code ec;
   auto group = init("ring", true, ec);

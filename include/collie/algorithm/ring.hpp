@@ -23,7 +23,7 @@ namespace collie {
 ///
 /// | collective     | steps        | bytes sent per rank | staging              |
 /// |----------------|--------------|---------------------|----------------------|
-/// | all_reduce ≤ small_bytes | ⌊log2 p⌋, +2 if p is no power of two | ⌊log2 p⌋ · S (recursive doubling) | S |
+/// | all_reduce ≤ small_bytes (≤ halving_from_bytes if p = 2^k ≥ 4) | ⌊log2 p⌋, +2 if p is no power of two | ⌊log2 p⌋ · S (recursive doubling) | S |
 /// | all_reduce ≤ halving_bytes, p = 2^k ≥ 4 | 2 log2(p) | 2(p-1)/p · S (recursive halving, doubling) | S/2 |
 /// | all_reduce     | 2(p-1)       | 2(p-1)/p · S        | 3 segments per lane  |
 /// | reduce_scatter | p-1          | (p-1)/p · S_in      | 3 segments per lane  |
@@ -38,7 +38,9 @@ namespace collie {
 /// 1.07× the ring's busbw at n = 2, 1.30× at n = 4; 64 KiB: 1.6× and 1.8×). Up to
 /// `halving_bytes`, when p is a power of two from 4 on, recursive halving and doubling
 /// (`detail::halving_all_reduce`) sends the ring's bytes in 2·log2(p) rounds instead of 2(p-1)
-/// (4 ranks: 1.2× the ring at 1-2 MiB, 1.7× at 512 KiB). Larger messages gain more from the
+/// (4 ranks: 1.2× the ring at 1-2 MiB, 1.7× at 512 KiB); it takes over from recursive doubling
+/// above `halving_from_bytes`, since it sends 1.5·S where doubling sends 2·S in as many rounds
+/// per partner pair (4 ranks, 128 KiB: 1.7×, 256 KiB: 1.3× doubling's busbw). Larger messages gain more from the
 /// ring's pipelining, which overlaps the reduction with the transfer; with p = 2 both schedules
 /// are the same rounds, and with other p the extra ranks' fold costs more than it saves.
 /// Within each step the block is cut into `segment_bytes` segments (two at least, once each half
@@ -67,6 +69,9 @@ struct Ring {
   /// Larger all-reduces up to this many bytes use recursive halving and doubling when the rank
   /// count is a power of two, 4 or more; 0 never does.
   std::size_t halving_bytes = 4 << 20;
+  /// With p a power of two from 4 on, all-reduces larger than this use recursive halving and
+  /// doubling even below `small_bytes`.
+  std::size_t halving_from_bytes = 64 * 1024;
 
   friend bool operator==(const Ring&, const Ring&) = default;
 
@@ -74,12 +79,11 @@ struct Ring {
   std::error_code all_reduce(T& t, Call& call, std::span<std::byte> data,
                              const Reduction& reduction) const {
     const int p = t.size();
-    if (data.size() <= small_bytes && p > 1) {
+    const bool halving = data.size() <= halving_bytes && p >= 4 && (p & (p - 1)) == 0;
+    if (data.size() <= small_bytes && p > 1 && !(halving && data.size() > halving_from_bytes)) {
       return detail::doubling_all_reduce(t, call, data, reduction);
     }
-    if (data.size() <= halving_bytes && p >= 4 && (p & (p - 1)) == 0) {
-      return detail::halving_all_reduce(t, call, data, reduction);
-    }
+    if (halving) return detail::halving_all_reduce(t, call, data, reduction);
     const detail::RingGeometry geo(t.size(), t.rank(), reduction.element_size,
                                    data.size() / reduction.element_size, rings, segment_bytes);
     return detail::run_ring(t, call, geo, detail::RingMode::all_reduce, data, data, &reduction);

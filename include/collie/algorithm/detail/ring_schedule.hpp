@@ -38,8 +38,6 @@ struct RingGeometry {
   std::size_t rings = 1;
   std::size_t chunks = 1;  // segments per (block, ring)
   std::size_t max_chunk_elements = 0;
-  // The smallest segment worth splitting a lone segment into (see the constructor).
-  static constexpr std::size_t min_pipelined_bytes = 256 << 10;
 
   RingGeometry(int size, int rank, std::size_t element_bytes, std::size_t elements,
                std::size_t ring_count, std::size_t segment_bytes)
@@ -50,12 +48,11 @@ struct RingGeometry {
     rings = std::clamp<std::size_t>(ring_count, 1, std::max<std::size_t>(largest_block, 1));
     const std::size_t largest_sub = piece(largest_block, rings, 0).count;
     const std::size_t segment_elements = std::max<std::size_t>(segment_bytes / element_size, 1);
+    // A sub-piece that fits one segment goes whole: cutting it in two would overlap its
+    // reduction with its arrival, but the extra message costs more than that saves (n = 2,
+    // 1-2 MiB: 3.6-3.7 GB/s busbw whole, 3.1-3.2 in halves, 5 alternating runs; with BBR's
+    // pacing on loopback, before the transport chose reno there, halves had won).
     chunks = std::max<std::size_t>((largest_sub + segment_elements - 1) / segment_elements, 1);
-    // A sub-piece that fits one segment would leave nothing to overlap: its reduction waits
-    // for the whole of it to arrive, and the next step's send for the whole reduction. Two
-    // halves pipeline, once each half is still large enough for the messages not to dominate
-    // (n = 2, 2 MiB: 2.94 vs 2.57 GB/s busbw, 7 alternating runs).
-    if (chunks == 1 && largest_sub * element_size >= 2 * min_pipelined_bytes) chunks = 2;
     max_chunk_elements = piece(largest_sub, chunks, 0).count;
   }
 
