@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages needed to build and test collie (offline
-# Bazel, compilers, header-only dependencies, RDMA/MPI development files and
-# the tools used by multi-process tests). Does nothing when all are present.
+# Bazel, compilers, header-only dependencies, RDMA/MPI development files, the
+# tools used by multi-process tests, and matplotlib for bench/compare.py's
+# plots). Does nothing when all are present.
 set -euo pipefail
 
 packages=(
@@ -21,6 +22,7 @@ packages=(
   iputils-ping
   procps
   python3
+  python3-matplotlib
 )
 
 missing=()
