@@ -38,17 +38,16 @@ namespace collie {
 /// 1.07× the ring's busbw at n = 2, 1.30× at n = 4; 64 KiB: 1.6× and 1.8×). Up to
 /// `halving_bytes`, when p is a power of two from 4 on, recursive halving and doubling
 /// (`detail::halving_all_reduce`) sends the ring's bytes in 2·log2(p) rounds instead of 2(p-1)
-/// (4 ranks: 1.2× the ring at 1-2 MiB, 1.7× at 512 KiB); it takes over from recursive doubling
-/// above `halving_from_bytes`, since it sends 1.5·S where doubling sends 2·S in as many rounds
-/// per partner pair (4 ranks, 128 KiB: 1.7×, 256 KiB: 1.3× doubling's busbw). Larger messages gain more from the
+/// (4 ranks: 1.2× the ring at 1-2 MiB, 1.7× at 512 KiB). It takes over from recursive doubling
+/// above `halving_from_bytes`, since it sends 2(p-1)/p·S where doubling sends log2(p)·S (4 ranks:
+/// 1.7× doubling's busbw at 128 KiB, 1.3× at 256 KiB). Larger messages gain more from the
 /// ring's pipelining, which overlaps the reduction with the transfer; with p = 2 both schedules
 /// are the same rounds, and with other p the extra ranks' fold costs more than it saves.
-/// Within each step the block is cut into `segment_bytes` segments (two at least, once each half
-/// is 256 KiB or more); a segment is reduced and forwarded as soon as it arrives, so reduction
-/// overlaps transfer. `rings` rings run
-/// at once over disjoint parts of every block, alternating direction (ring 0 sends to rank+1,
-/// ring 1 to rank-1, ...), so a full-duplex link carries data both ways and a transport with
-/// several connections per neighbour can stripe rings across them.
+/// Within each step the block is cut into `segment_bytes` segments (a part that fits one goes
+/// whole); a segment is reduced and forwarded as soon as it arrives, so reduction overlaps
+/// transfer. `rings` rings run at once over disjoint parts of every block, alternating
+/// direction (ring 0 sends to rank+1, ring 1 to rank-1, ...), so a full-duplex link carries data
+/// both ways and a transport with several connections per neighbour can stripe rings across them.
 ///
 /// On the ring each element is reduced by one owner and then copied; recursive doubling folds the
 /// same partials in the same order on every rank. Either way every rank ends with bit-identical
