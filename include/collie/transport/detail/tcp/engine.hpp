@@ -944,8 +944,8 @@ class Engine {
   // that spins for a small receive and reads its peer's connections itself (drive_until_done),
   // which spares the round through epoll. A socket has one reader at a time: nothing else reads
   // while an Asio read is pending. While the reader is not done, a read or a wait is armed, or a
-  // continuation posted. `drained`: the last read took less than it asked for, so the socket is
-  // empty and asking again would only cost a system call.
+  // continuation posted. `drained`: the socket is empty or most likely so (see took), and the
+  // next read is left to arm, which tries it once.
   void pump(Connection* c, bool drained = false) {
     if (c->read_pending) return;
     for (int calls = 0;;) {
@@ -971,8 +971,7 @@ class Engine {
         if (errno == EAGAIN || errno == EWOULDBLOCK) return arm(c);
         return reader_ended(c, std::error_code(errno, asio::error::get_system_category()));
       }
-      took(c, into, static_cast<std::size_t>(got));
-      drained = static_cast<std::size_t>(got) < want;
+      drained = took(c, into, static_cast<std::size_t>(got), want);
     }
   }
 
@@ -985,16 +984,21 @@ class Engine {
     return {c->inbox.get(), inbox_size};
   }
 
-  // Accounts for `got` bytes read to `into`, as next_read chose it.
-  void took(Connection* c, const std::byte* into, std::size_t got) {
+  // Accounts for `got` of the `want` bytes read to `into`, as next_read chose it. Returns whether
+  // the next read should be left to arm: after a short read the socket is empty, and after a
+  // read that ended a large payload it most likely is, and arm's Asio read tries the socket
+  // once anyway (a read of our own first would find it empty, and Asio's would try again: two
+  // system calls per large message for nothing).
+  bool took(Connection* c, const std::byte* into, std::size_t got, std::size_t want) {
     if (into == c->inbox.get()) {
       c->inbox_begin = 0;
       c->inbox_end = got;
-      return;
+      return got < want;
     }
     c->target += got;
     c->left -= got;
     if (c->left == 0) end_of_payload(c);
+    return true;
   }
 
   // Has the event loop go on reading `c` once it has something. Normally an Asio read, which
@@ -1019,8 +1023,7 @@ class Engine {
       c->read_pending = false;
       if (c->reader_done) return;
       if (ec) return reader_ended(c, ec);
-      took(c, into, got);
-      pump(c, got < want);
+      pump(c, took(c, into, got, want));
     });
   }
 
