@@ -140,9 +140,10 @@ void check_collectives(int p, int connections,
   });
 }
 
-// The congestion control of every TCP connection of this process that has one of the ports of
-// `hosts` at either end (listening sockets have no peer and are left out), read from the kernel.
-std::vector<std::string> congestion_of_connections(const std::vector<std::vector<Endpoint>>& hosts) {
+// Every TCP connection of this process that has one of the ports of `hosts` at either end
+// (listening sockets have no peer and are left out): its file descriptors, found by asking the
+// kernel about each one.
+std::vector<int> connections_of(const std::vector<std::vector<Endpoint>>& hosts) {
   std::vector<std::uint16_t> ports;
   for (const auto& list : hosts) {
     for (const auto& e : list) ports.push_back(e.port);
@@ -152,7 +153,7 @@ std::vector<std::string> congestion_of_connections(const std::vector<std::vector
            std::count(ports.begin(), ports.end(),
                       ntohs(reinterpret_cast<const sockaddr_in*>(&a)->sin_port)) > 0;
   };
-  std::vector<std::string> names;
+  std::vector<int> fds;
   for (int fd = 0; fd < 4096; ++fd) {
     sockaddr_storage local{};
     sockaddr_storage remote{};
@@ -160,13 +161,42 @@ std::vector<std::string> congestion_of_connections(const std::vector<std::vector
     socklen_t remote_length = sizeof(remote);
     if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &local_length) != 0) continue;
     if (::getpeername(fd, reinterpret_cast<sockaddr*>(&remote), &remote_length) != 0) continue;
-    if (!ours(local) && !ours(remote)) continue;
+    if (ours(local) || ours(remote)) fds.push_back(fd);
+  }
+  return fds;
+}
+
+// The congestion control of each of those connections, read from the kernel.
+std::vector<std::string> congestion_of_connections(const std::vector<std::vector<Endpoint>>& hosts) {
+  std::vector<std::string> names;
+  for (int fd : connections_of(hosts)) {
     char name[32] = {};
     socklen_t length = sizeof(name);
     if (::getsockopt(fd, IPPROTO_TCP, TCP_CONGESTION, name, &length) != 0) continue;
     names.emplace_back(name);
   }
   return names;
+}
+
+}  // namespace
+
+// tcp_bytes.cpp: the bytes a connection has sent (and had acknowledged) and received.
+bool tcp_bytes_of(int fd, std::uint64_t& sent, std::uint64_t& received);
+
+namespace {
+
+// Bytes each of those connections has sent and received, from the kernel.
+struct Carried {
+  std::uint64_t sent = 0;
+  std::uint64_t received = 0;
+};
+std::vector<Carried> carried_by_connections(const std::vector<std::vector<Endpoint>>& hosts) {
+  std::vector<Carried> carried;
+  for (int fd : connections_of(hosts)) {
+    Carried c;
+    if (tcp_bytes_of(fd, c.sent, c.received)) carried.push_back(c);
+  }
+  return carried;
 }
 
 std::string first_line_of(const char* path) {
@@ -206,6 +236,38 @@ TEST_CASE("connections between ranks on one host use reno unless told otherwise"
     CAPTURE(expected);
     CHECK(seen.size() >= 12);  // 2 connections between each pair of 3 ranks, both ends here
     for (const auto& name : seen) CHECK(name == expected);
+  }
+}
+
+TEST_CASE("two ranks send on the connections they made, so each connection carries one direction") {
+  // At two ranks each is the other's left and right neighbour, so each has connections of both
+  // kinds to the other. Sharing one socket between both directions of a ring step costs time:
+  // data that arrives while this end writes waits in the socket's backlog.
+  for (int k : {1, 2}) {
+    CAPTURE(k);
+    const auto hosts = loopback_hosts(2, static_cast<std::size_t>(k));
+    std::vector<Carried> carried;
+    std::atomic<int> done{0};
+    Ranks ranks;
+    ranks.run(2, [&](int r) {
+      Collective<TcpTransport, Ring> c(TcpTransport::connect(config_for(r, hosts)));
+      // Large enough for every tag the reduction uses to carry a segment of its own.
+      std::vector<float> x(1 << 20, 1.0f);
+      for (int i = 0; i < 4; ++i) c.all_sum(x);
+      CHECK(x.front() == 16.0f);
+      if (++done == 2) carried = carried_by_connections(hosts);
+      c.barrier();
+    });
+    CHECK(carried.size() == 4u * static_cast<std::size_t>(k));  // both ends of 2k connections
+    std::uint64_t total = 0;
+    for (const Carried& c : carried) {
+      CAPTURE(c.sent);
+      CAPTURE(c.received);
+      // One direction of the handshake and of the barrier may cross the other way: a few bytes.
+      CHECK(std::min(c.sent, c.received) < 4096);
+      total += c.received;
+    }
+    CHECK(total >= 2u * 4u * (4u << 20));  // each rank received 4 MiB per all_sum, at least
   }
 }
 

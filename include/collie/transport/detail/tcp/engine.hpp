@@ -93,6 +93,7 @@ struct Connection {
   tcp::socket socket;
   int peer = -1;
   int index = 0;
+  bool initiated = false;       // this rank connected (rather than accepted) it
   std::string address;          // the remote "ip:port", for messages
   std::deque<Op*> send_queue;   // front is being written while `writing`
   bool writing = false;
@@ -808,6 +809,7 @@ class Engine {
 
   void register_connection(std::unique_ptr<Connection> owned, bool initiated) {
     Connection* c = owned.get();
+    c->initiated = initiated;
     c->inbox = std::make_unique_for_overwrite<std::byte[]>(inbox_size);
     {
       std::lock_guard lock(mutex_);
@@ -837,11 +839,27 @@ class Engine {
   }
 
   // With the lock held: the connection a send goes on. Equal (context, tag) always take the same
-  // connection, so they arrive in posting order; different tags spread over all connections.
+  // connection, so they arrive in posting order; different tags spread over the connections.
+  //
+  // A peer with connections of both kinds (at two ranks, each is the other's left and right
+  // neighbour) gets sends only on those this rank made, so each connection carries one
+  // direction. Both ranks of a ring step send with the same tag; picking among all connections
+  // put both directions of a step on one socket, where data arriving while this rank writes
+  // waits in the socket's backlog (all_sum at n = 2, medians of 7 runs: 512 KiB 130 -> 119 us,
+  // 2 MiB 532 -> 504 us, 8 MiB 2543 -> 2382 us).
   Connection* connection_for(const Op& op) const {
     const Peer& p = peers_[static_cast<std::size_t>(op.peer)];
     const std::uint64_t key = op.tag * 0x9E3779B97F4A7C15ULL ^ op.context;
-    return p.connections[(key >> 32) % p.connections.size()];
+    std::size_t mine = 0;
+    for (const Connection* c : p.connections) mine += c->initiated;
+    if (mine == 0 || mine == p.connections.size()) {
+      return p.connections[(key >> 32) % p.connections.size()];
+    }
+    std::size_t pick = (key >> 32) % mine;
+    for (Connection* c : p.connections) {
+      if (c->initiated && pick-- == 0) return c;
+    }
+    return p.connections.front();
   }
 
   // With the lock held: put a send on its connection's queue, for the event loop.
