@@ -38,7 +38,8 @@ namespace collie {
 /// Messages carry a 32-byte header (group context, tag, length) and go straight from the
 /// sender's buffer to the socket, and from the socket into the matching receive's buffer when it
 /// is posted first (otherwise into a temporary buffer). Messages with equal tags between two ranks
-/// arrive in order; different tags spread over the neighbour's connections. `TCP_NODELAY` is set,
+/// arrive in order; different tags spread over the neighbour's connections (with two ranks, over
+/// those this rank made, so that each connection carries one direction). `TCP_NODELAY` is set,
 /// and the congestion control is reno between ranks on one host (`config.congestion`).
 /// One Asio event loop per process moves all bytes. A thread waiting on a request runs it
 /// itself, polling for `config.spin` before it sleeps in it, so a reply wakes the waiting thread
