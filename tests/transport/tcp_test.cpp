@@ -251,7 +251,7 @@ TEST_CASE("two ranks send on the connections they made, so each connection carri
     Ranks ranks;
     ranks.run(2, [&](int r) {
       Collective<TcpTransport, Ring> c(TcpTransport::connect(config_for(r, hosts)));
-      // Large enough for every tag the reduction uses to carry a segment of its own.
+      // 4 MiB: each step of the two rings moves a megabyte each way.
       std::vector<float> x(1 << 20, 1.0f);
       for (int i = 0; i < 4; ++i) c.all_sum(x);
       CHECK(x.front() == 16.0f);
