@@ -93,7 +93,6 @@ struct Connection {
   tcp::socket socket;
   int peer = -1;
   int index = 0;
-  bool initiated = false;       // this rank connected (rather than accepted) it
   std::string address;          // the remote "ip:port", for messages
   std::deque<Op*> send_queue;   // front is being written while `writing`
   bool writing = false;
@@ -123,7 +122,8 @@ struct Connection {
 struct Peer {
   enum class Status : std::uint8_t { unconnected, connecting, ready, failed };
   Status status = Status::unconnected;
-  std::vector<Connection*> connections;  // established, handshake done
+  std::vector<Connection*> connections;  // established, handshake done; those this rank made first
+  std::size_t made = 0;                  // how many of `connections` this rank made
   std::deque<Op*> waiting_sends;         // posted before any connection existed
   std::deque<Op*> receives;              // posted, unmatched, in posting order
   std::list<Unexpected> unexpected;      // arrived, unclaimed, in arrival order
@@ -809,7 +809,6 @@ class Engine {
 
   void register_connection(std::unique_ptr<Connection> owned, bool initiated) {
     Connection* c = owned.get();
-    c->initiated = initiated;
     c->inbox = std::make_unique_for_overwrite<std::byte[]>(inbox_size);
     {
       std::lock_guard lock(mutex_);
@@ -820,7 +819,11 @@ class Engine {
         c->socket.close(ignored);
         return;
       }
-      p.connections.push_back(c);
+      if (initiated) {
+        p.connections.insert(p.connections.begin() + static_cast<std::ptrdiff_t>(p.made++), c);
+      } else {
+        p.connections.push_back(c);
+      }
       if (c->index != on_demand_index) {
         (initiated ? made_right_ : made_left_) += 1;
       }
@@ -850,16 +853,8 @@ class Engine {
   Connection* connection_for(const Op& op) const {
     const Peer& p = peers_[static_cast<std::size_t>(op.peer)];
     const std::uint64_t key = op.tag * 0x9E3779B97F4A7C15ULL ^ op.context;
-    std::size_t mine = 0;
-    for (const Connection* c : p.connections) mine += c->initiated;
-    if (mine == 0 || mine == p.connections.size()) {
-      return p.connections[(key >> 32) % p.connections.size()];
-    }
-    std::size_t pick = (key >> 32) % mine;
-    for (Connection* c : p.connections) {
-      if (c->initiated && pick-- == 0) return c;
-    }
-    return p.connections.front();
+    const bool both_kinds = p.made != 0 && p.made != p.connections.size();
+    return p.connections[(key >> 32) % (both_kinds ? p.made : p.connections.size())];
   }
 
   // With the lock held: put a send on its connection's queue, for the event loop.
@@ -1218,6 +1213,7 @@ class Engine {
         if (it != p.connections.end()) {
           for (Op* op : c->send_queue) finish(*op, errc::connection_lost);
           c->send_queue.clear();
+          if (it - p.connections.begin() < static_cast<std::ptrdiff_t>(p.made)) --p.made;
           p.connections.erase(it);
           std::error_code ignored;
           c->socket.close(ignored);
@@ -1280,6 +1276,7 @@ class Engine {
         }
       }
       p.connections.clear();
+      p.made = 0;
       if (setup_pending()) note_setup_error(code, "lost rank " + std::to_string(peer) + " during set-up: " + why);
     }
     cv_.notify_all();
