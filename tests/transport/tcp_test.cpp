@@ -400,6 +400,121 @@ TEST_CASE("a stream of mixed-size messages arrives whole and in order, early or 
   });
 }
 
+TEST_CASE("a sender that runs ahead is held back once 4 MiB of its messages wait, and all arrive") {
+  // Rank 0 posts 64 MiB of 512 KiB messages and rank 1 posts no receive for half a second. Rank
+  // 1's engine reads 4 MiB of them into memory and then leaves the rest in the socket, so TCP
+  // stops rank 0: at most the 4 MiB and the kernel's socket buffers (a few MiB each way) go out.
+  // Reading everything, as it once did, let a root broadcasting in a loop take 1 GiB.
+  const auto hosts = loopback_hosts(2, 1);
+  constexpr int messages = 128;
+  constexpr std::size_t bytes = std::size_t{512} << 10;
+  std::atomic<bool> go{false};
+  Ranks ranks;
+  ranks.run(2, [&](int r) {
+    Collective<TcpTransport, Ring> c(TcpTransport::connect(config_for(r, hosts)));
+    c.barrier();
+    if (r == 0) {
+      std::vector<std::vector<std::byte>> data;
+      std::vector<TcpTransport::Request> sent;
+      for (int m = 0; m < messages; ++m) {
+        data.emplace_back(bytes, static_cast<std::byte>(m));
+        sent.push_back(c.transport().post_send(1, static_cast<Tag>(1000 + m), data.back()));
+      }
+      std::this_thread::sleep_for(500ms);
+      std::vector<bool> done(messages);
+      for (int m = 0; m < messages; ++m) {
+        const std::error_code ec = c.transport().wait(sent[m], Deadline::after(0ms));
+        if (ec && ec != errc::timed_out) {
+          ranks.fail("send " + std::to_string(m) + ": " + ec.message());
+        }
+        done[m] = !ec;
+      }
+      if (std::count(done.begin(), done.end(), true) == messages) {
+        ranks.fail("all 64 MiB went out with no receive posted");
+      }
+      go = true;
+      for (int m = 0; m < messages; ++m) {
+        if (done[m]) continue;
+        if (c.transport().wait(sent[m], Deadline::after(20s))) ranks.fail("a send failed");
+      }
+    } else {
+      while (!go) std::this_thread::sleep_for(1ms);
+      std::vector<std::byte> got(bytes);
+      for (int m = 0; m < messages; ++m) {
+        auto request = c.transport().post_recv(0, static_cast<Tag>(1000 + m), got);
+        if (c.transport().wait(request, Deadline::after(20s))) {
+          ranks.fail("receive " + std::to_string(m) + " failed");
+          break;
+        }
+        const auto right = std::count(got.begin(), got.end(), static_cast<std::byte>(m));
+        if (right != static_cast<std::ptrdiff_t>(bytes)) {
+          ranks.fail("message " + std::to_string(m) + " is wrong");
+        }
+      }
+    }
+    c.barrier();
+  });
+}
+
+TEST_CASE("a receive for a later message gets it past an earlier one held in the socket") {
+  // The 6 MiB message is over the 4 MiB that may wait in memory, so rank 1's engine leaves it in
+  // the socket; a receive for the message behind it must still be served (the held one is then
+  // read into memory), or a program that receives out of order would hang.
+  const auto hosts = loopback_hosts(2, 1);
+  Ranks ranks;
+  ranks.run(2, [&](int r) {
+    Collective<TcpTransport, Ring> c(TcpTransport::connect(config_for(r, hosts)));
+    c.barrier();
+    std::vector<std::byte> first(std::size_t{6} << 20, std::byte{1});
+    std::vector<std::byte> second(std::size_t{1} << 20, std::byte{2});
+    if (r == 0) {
+      auto a = c.transport().post_send(1, 1, first);
+      auto b = c.transport().post_send(1, 2, second);
+      if (c.transport().wait(a, Deadline::after(20s))) ranks.fail("the first send failed");
+      if (c.transport().wait(b, Deadline::after(20s))) ranks.fail("the second send failed");
+    } else {
+      std::this_thread::sleep_for(300ms);  // the first header arrives with no receive posted
+      std::fill(first.begin(), first.end(), std::byte{0});
+      std::fill(second.begin(), second.end(), std::byte{0});
+      auto b = c.transport().post_recv(0, 2, second);
+      if (c.transport().wait(b, Deadline::after(10s))) ranks.fail("the later message never came");
+      auto a = c.transport().post_recv(0, 1, first);
+      if (c.transport().wait(a, Deadline::after(10s))) ranks.fail("the earlier message was lost");
+      auto all = [](const std::vector<std::byte>& v, std::byte b) {
+        return std::count(v.begin(), v.end(), b) == static_cast<std::ptrdiff_t>(v.size());
+      };
+      if (!all(first, std::byte{1}) || !all(second, std::byte{2})) ranks.fail("wrong bytes");
+    }
+    c.barrier();
+  });
+}
+
+TEST_CASE("a peer that aborts behind a held message fails the next receive, with its reason") {
+  const auto hosts = loopback_hosts(2, 1);
+  Ranks ranks;
+  ranks.run(2, [&](int r) {
+    Collective<TcpTransport, Ring> c(TcpTransport::connect(config_for(r, hosts)));
+    c.barrier();
+    if (r == 0) {
+      std::vector<std::byte> held(std::size_t{6} << 20, std::byte{1});
+      auto a = c.transport().post_send(1, 1, held);
+      std::this_thread::sleep_for(200ms);
+      c.transport().abort("rank 0 gives up behind a large message");
+      (void)c.transport().wait(a, Deadline::after(5s));
+      return;
+    }
+    std::this_thread::sleep_for(500ms);
+    std::vector<int> x(4);
+    std::error_code ec;
+    const auto start = std::chrono::steady_clock::now();
+    c.recv(x, 0, ec);
+    if (ec != errc::connection_lost) ranks.fail("recv: " + ec.message());
+    if (std::chrono::steady_clock::now() - start > 5s) ranks.fail("the failure took too long");
+    const std::string why = c.transport().failure_reason(0);
+    if (why.find("gives up behind") == std::string::npos) ranks.fail("reason lost: " + why);
+  });
+}
+
 TEST_CASE("a burst of small messages, many to a read, arrives whole, in or out of order") {
   // Thousands of messages sit in the socket before any receive is posted, so each read brings
   // several, and headers and payloads straddle the reads' ends; a few larger ones are read

@@ -37,10 +37,15 @@ namespace collie {
 ///
 /// Messages carry a 32-byte header (group context, tag, length) and go straight from the
 /// sender's buffer to the socket, and from the socket into the matching receive's buffer when it
-/// is posted first (otherwise into a temporary buffer). Messages with equal tags between two ranks
-/// arrive in order; different tags spread over the neighbour's connections (with two ranks, over
-/// those this rank made, so that each connection carries one direction). `TCP_NODELAY` is set,
-/// and the congestion control is reno between ranks on one host (`config.congestion`).
+/// is posted first (otherwise into a temporary buffer). At most 4 MiB or 128 messages from one
+/// peer wait in temporary buffers; while that many wait and no receive from the peer is posted,
+/// its next message is left in the socket, so TCP's flow control holds the sender back instead
+/// of memory growing without bound (any receive posted for the peer lets its messages in again,
+/// so receiving in another order than sending still works). Messages with equal tags between
+/// two ranks arrive in order; different tags spread over the neighbour's connections (with two
+/// ranks, over those this rank made, so that each connection carries one direction).
+/// `TCP_NODELAY` is set, and the congestion control is reno between ranks on one host
+/// (`config.congestion`).
 /// One Asio event loop per process moves all bytes. A thread waiting on a request runs it
 /// itself, polling for `config.spin` before it sleeps in it, so a reply wakes the waiting thread
 /// directly; when no thread waits, the transport's I/O thread runs it (after 10 ms without a
