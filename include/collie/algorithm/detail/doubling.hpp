@@ -1,6 +1,7 @@
 // Recursive doubling: the all-reduce with the fewest message rounds, log2(p) for a power of two
-// and two more otherwise, one partner per round. Ring uses it for small messages, where a
-// round's wake-ups cost more than its bytes.
+// and two more otherwise, one partner per round, and the all-gather of the same rounds for a
+// power of two. Ring uses them for small messages, where a round's wake-ups cost more than its
+// bytes.
 #pragma once
 
 #include <cstddef>
@@ -51,6 +52,35 @@ std::error_code doubling_all_reduce(T& t, Call& call, std::span<std::byte> data,
     fold_pair(reduction, data.data(), staging.data(), count, partner < group.member);
   }
   if (group.paired) return hand_back(t, call, data, r - 1, steps, phase);
+  return {};
+}
+
+/// All-gather by recursive doubling into `out` (p blocks of `block` bytes, this rank's own block
+/// already in place), for p a power of two.
+///
+/// In round k every rank swaps the run of 2^k blocks it holds (the aligned run that contains its
+/// own) with the rank whose number differs in bit k; after log2(p) rounds every rank holds all p.
+/// The same (p-1)·block bytes as the ring, in log2(p) rounds instead of p-1, straight into `out`:
+/// no staging.
+template <Transport T>
+std::error_code doubling_all_gather(T& t, Call& call, std::span<std::byte> out, std::size_t block) {
+  const int p = t.size();
+  const int r = t.rank();
+  int steps = 0;
+  for (int d = 1; d < p; d *= 2) ++steps;
+  constexpr std::string_view phase = "doubling all_gather";
+  Requests<T> requests(t, call);
+  requests.reserve(2);
+  for (int k = 0, d = 1; d < p; ++k, d *= 2) {
+    const int partner = r ^ d;
+    const auto run_of = [&](int rank) {
+      return out.subspan(static_cast<std::size_t>(rank & ~(d - 1)) * block,
+                         static_cast<std::size_t>(d) * block);
+    };
+    if (auto ec = swap_with(requests, call, partner, k, steps, run_of(partner), run_of(r), phase)) {
+      return ec;
+    }
+  }
   return {};
 }
 
