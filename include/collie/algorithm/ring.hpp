@@ -10,6 +10,7 @@
 
 #include "collie/algorithm/detail/doubling.hpp"
 #include "collie/algorithm/detail/halving.hpp"
+#include "collie/algorithm/detail/power_of_two.hpp"
 #include "collie/algorithm/detail/requests.hpp"
 #include "collie/algorithm/detail/ring_schedule.hpp"
 #include "collie/core/call.hpp"
@@ -81,7 +82,7 @@ struct Ring {
   std::error_code all_reduce(T& t, Call& call, std::span<std::byte> data,
                              const Reduction& reduction) const {
     const int p = t.size();
-    const bool halving = data.size() <= halving_bytes && p >= 4 && (p & (p - 1)) == 0;
+    const bool halving = data.size() <= halving_bytes && detail::power_of_two_from_4(p);
     if (data.size() <= small_bytes && p > 1 && !(halving && data.size() > halving_from_bytes)) {
       return detail::doubling_all_reduce(t, call, data, reduction);
     }
@@ -107,8 +108,7 @@ struct Ring {
     if (block != 0 && out.data() + r * block != in.data()) {
       std::memmove(out.data() + r * block, in.data(), block);
     }
-    const int p = t.size();
-    if (p >= 4 && (p & (p - 1)) == 0 && out.size() <= small_bytes) {
+    if (detail::power_of_two_from_4(t.size()) && out.size() <= small_bytes) {
       return detail::doubling_all_gather(t, call, out, block);
     }
     // Bytes as elements: blocks are whole input buffers, so any split of them is valid.

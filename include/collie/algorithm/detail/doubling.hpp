@@ -66,8 +66,7 @@ template <Transport T>
 std::error_code doubling_all_gather(T& t, Call& call, std::span<std::byte> out, std::size_t block) {
   const int p = t.size();
   const int r = t.rank();
-  int steps = 0;
-  for (int d = 1; d < p; d *= 2) ++steps;
+  const int steps = PowerOfTwoGroup(p, r).rounds;  // p is a power of two: every rank a member
   constexpr std::string_view phase = "doubling all_gather";
   Requests<T> requests(t, call);
   requests.reserve(2);

@@ -14,6 +14,10 @@
 
 namespace collie::detail {
 
+/// Whether recursive halving, and the doubling all-gather, apply to `p` ranks: a power of two
+/// from 4 on (with 2 ranks they are the ring's own rounds).
+constexpr bool power_of_two_from_4(int p) noexcept { return p >= 4 && (p & (p - 1)) == 0; }
+
 /// With q the largest power of two ≤ p and e = p - q, ranks 2i and 2i+1 (i < e) pair up: the
 /// even rank hands its buffer to the odd one, which folds the two (the even rank's first) and
 /// stands for both as group member i; ranks from 2e on are members r - e. So members are
