@@ -41,8 +41,10 @@ struct TcpConfig {
   /// How long a wait polls the sockets before it sleeps. The waiting thread runs the I/O itself,
   /// so a reply that arrives within the spin costs no wake-up at all. Unset (the default): 50 us.
   /// On a host with fewer cores than ranks (ranks are counted by their first address) the
-  /// spinning thread yields its core between polls, so that the rank it waits for can run. Only
-  /// a wait on an operation in flight spins, and only this long: idle ranks never burn a core.
+  /// spinning thread yields its core between polls, so that the rank it waits for can run; on a
+  /// host with a core per rank, a wait for a transfer over 256 KiB does not spin (polling slows
+  /// a stream that long). Only a wait on an operation in flight spins, and only this long: idle
+  /// ranks never burn a core.
   std::optional<std::chrono::microseconds> spin;
   /// The TCP congestion control of the data connections (`TCP_CONGESTION`). Unset (the
   /// default): "reno" on a connection whose two ends are on this host, the system's choice on
