@@ -236,8 +236,7 @@ class Driver {
   }
 
   // Ranks pair up as r and r^1 (an odd last rank idles) and exchange `bytes` both ways at once:
-  // the receive runs on the group's worker thread while the send runs on this one, so neither
-  // side can wait for the other's receive to be posted.
+  // the receive is posted before the send, so neither side can wait for the other's receive.
   void sendrecv(std::span<T> in, std::span<T> out) {
     const int peer = rank_ ^ 1;
     if (peer >= ranks_) return;

@@ -342,6 +342,50 @@ TEST_CASE_TEMPLATE_DEFINE("fused all_sum batches many small buffers and sums eac
   }
 }
 
+TEST_CASE_TEMPLATE_DEFINE("receives posted asynchronously before their sends complete, as with MPI_Irecv then MPI_Isend", Algorithm, case9) {
+  for (int p : {2, 3, 5}) {
+    CAPTURE(p);
+    Options options;
+    options.timeout = std::chrono::seconds(10);  // a deadlock fails the case instead of hanging it
+    const auto failures = run_ranks<Algorithm>(
+        p,
+        [](auto& c, Board& board) {
+          const int n = c.size();
+          const std::size_t count = 777;
+          std::vector<std::vector<int>> incoming(static_cast<std::size_t>(n), std::vector<int>(count));
+          std::vector<std::vector<int>> outgoing(static_cast<std::size_t>(n));
+          std::vector<Request> pending;
+          // Every rank posts all its receives, then all its sends, then waits: each receive
+          // waits for a send posted after it, on the other rank.
+          for (int round = 0; round < 3; ++round) {
+            for (int peer = 0; peer < n; ++peer) {
+              if (peer != c.rank()) pending.push_back(c.recv_async(incoming[static_cast<std::size_t>(peer)], peer));
+            }
+            for (int peer = 0; peer < n; ++peer) {
+              if (peer == c.rank()) continue;
+              auto& buffer = outgoing[static_cast<std::size_t>(peer)];
+              buffer.assign(count, c.rank() * 1000 + peer * 10 + round);
+              pending.push_back(c.send_async(buffer, peer));
+            }
+            // Waited in reverse: the last send first.
+            for (auto it = pending.rbegin(); it != pending.rend(); ++it) it->wait();
+            pending.clear();
+            for (int peer = 0; peer < n; ++peer) {
+              if (peer == c.rank()) continue;
+              const int want = peer * 1000 + c.rank() * 10 + round;
+              if (incoming[static_cast<std::size_t>(peer)][count - 1] != want) {
+                board.fail("round " + std::to_string(round) + " rank " + std::to_string(c.rank()) +
+                           " from " + std::to_string(peer));
+              }
+            }
+          }
+        },
+        options);
+    for (const auto& f : failures) FAIL_CHECK(f);
+    CHECK(failures.empty());
+  }
+}
+
 TEST_CASE_TEMPLATE_APPLY(case0, Algorithms);
 TEST_CASE_TEMPLATE_APPLY(case1, Algorithms);
 TEST_CASE_TEMPLATE_APPLY(case2, Algorithms);
@@ -351,3 +395,4 @@ TEST_CASE_TEMPLATE_APPLY(case5, Algorithms);
 TEST_CASE_TEMPLATE_APPLY(case6, Algorithms);
 TEST_CASE_TEMPLATE_APPLY(case7, Algorithms);
 TEST_CASE_TEMPLATE_APPLY(case8, Algorithms);
+TEST_CASE_TEMPLATE_APPLY(case9, Algorithms);

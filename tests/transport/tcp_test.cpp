@@ -340,6 +340,97 @@ TEST_CASE("a send nobody waits on still goes out once its caller has left the ev
   });
 }
 
+TEST_CASE("asynchronous receives posted before their sends complete, and ready() alone sees it") {
+  // Every rank posts its receives, then its sends, small and larger than the socket buffers,
+  // then only polls ready() until all are over (MPI_Irecv, MPI_Isend, MPI_Testall).
+  const int p = 3;
+  const auto hosts = loopback_hosts(p, 1);
+  Ranks ranks;
+  ranks.run(p, [&](int r) {
+    Collective<TcpTransport, Ring> c(TcpTransport::connect(config_for(r, hosts)));
+    for (std::size_t count : {std::size_t{2}, std::size_t{3} << 20}) {
+      std::vector<std::vector<int>> in(p, std::vector<int>(count)), out(p, std::vector<int>(count));
+      std::vector<Request> pending;
+      for (int peer = 0; peer < p; ++peer) {
+        if (peer != r) pending.push_back(c.recv_async(in[static_cast<std::size_t>(peer)], peer));
+      }
+      for (int peer = 0; peer < p; ++peer) {
+        if (peer == r) continue;
+        std::fill(out[static_cast<std::size_t>(peer)].begin(), out[static_cast<std::size_t>(peer)].end(), r * 10 + peer);
+        pending.push_back(c.send_async(out[static_cast<std::size_t>(peer)], peer));
+      }
+      const auto give_up = std::chrono::steady_clock::now() + 20s;
+      auto all_ready = [&] {
+        return std::all_of(pending.begin(), pending.end(), [](const Request& q) { return q.ready(); });
+      };
+      while (!all_ready() && std::chrono::steady_clock::now() < give_up) std::this_thread::sleep_for(100us);
+      if (!all_ready()) ranks.fail("rank " + std::to_string(r) + ": ready() never became true");
+      for (auto& q : pending) q.wait();
+      for (int peer = 0; peer < p; ++peer) {
+        if (peer == r) continue;
+        const auto& got = in[static_cast<std::size_t>(peer)];
+        if (std::count(got.begin(), got.end(), peer * 10 + r) != static_cast<std::ptrdiff_t>(count)) {
+          ranks.fail("rank " + std::to_string(r) + " from " + std::to_string(peer) + " count " + std::to_string(count));
+        }
+      }
+    }
+  });
+}
+
+TEST_CASE("a send whose Request is dropped still arrives, and its group waits for it before it goes") {
+  const auto hosts = loopback_hosts(2, 1);
+  Ranks ranks;
+  ranks.run(2, [&](int r) {
+    std::vector<int> data(std::size_t{8} << 20, r == 0 ? 7 : 0);  // 32 MiB: past the socket buffers
+    if (r == 0) {
+      Collective<TcpTransport, Ring> c(TcpTransport::connect(config_for(r, hosts)));
+      c.barrier();
+      (void)c.send_async(data, 1);
+      return;  // the group goes at once; its destructor must finish the send first
+    }
+    Collective<TcpTransport, Ring> c(TcpTransport::connect(config_for(r, hosts)));
+    c.barrier();
+    std::this_thread::sleep_for(200ms);
+    std::error_code ec;
+    c.recv(data, 0, ec);
+    if (ec) ranks.fail("recv: " + ec.message());
+    if (std::count(data.begin(), data.end(), 7) != static_cast<std::ptrdiff_t>(data.size())) {
+      ranks.fail("the received data is wrong");
+    }
+  });
+}
+
+TEST_CASE("an asynchronous receive from a silent peer fails at the timeout, naming the operation and the peer") {
+  const auto hosts = loopback_hosts(2, 1);
+  Ranks ranks;
+  std::atomic<bool> checked{false};
+  ranks.run(2, [&](int r) {
+    Options options;
+    options.timeout = 300ms;
+    Collective<TcpTransport, Ring> c(TcpTransport::connect(config_for(r, hosts)), {}, options);
+    c.barrier();
+    if (r == 1) {
+      const auto give_up = std::chrono::steady_clock::now() + 20s;
+      while (!checked && std::chrono::steady_clock::now() < give_up) std::this_thread::sleep_for(1ms);
+      return;
+    }
+    std::vector<int> x(4);
+    auto pending = c.recv_async(x, 1);
+    std::error_code ec;
+    pending.wait(ec);
+    if (ec != errc::timed_out) ranks.fail("wait: " + ec.message());
+    const std::string text = pending.message();
+    if (text.find("recv") == std::string::npos || text.find("rank 1") == std::string::npos ||
+        text.find("timed out after 300 ms") == std::string::npos) {
+      ranks.fail("message: " + text);
+    }
+    // The group is aborted: the next call fails at once.
+    c.send(x, 1, ec);
+    if (ec != errc::aborted) ranks.fail("after the timeout: " + ec.message());
+    checked = true;
+  });
+}
+
 TEST_CASE("two threads of each rank run collectives of two groups at once, over one engine") {
   // Both threads wait on the same engine: one runs the event loop, the other waits its turn or
   // sees its operation finished by the first.

@@ -79,9 +79,10 @@ concept BufferList = std::ranges::input_range<R> && MutableBuffer<std::ranges::r
 /// before any byte moves and leave the group usable. An I/O failure (timeout, lost peer, protocol
 /// error) aborts the group for good: every later call fails at once with `errc::aborted`.
 ///
-/// Threads. A Collective is used from one thread at a time. The `*_async` forms run on a worker
-/// thread owned by the Collective, one after another in the order they were started, while
-/// synchronous calls may run at the same time on the caller's thread.
+/// Threads. A Collective is used from one thread at a time. The asynchronous collectives run on a
+/// worker thread owned by the Collective, one after another in the order they were started,
+/// while synchronous calls may run at the same time on the caller's thread. `send_async` and
+/// `recv_async` are posted to the transport at once and complete on the thread that waits.
 ///
 /// A group of one rank makes every collective an identity (no copy in place) and send/recv an
 /// error (`errc::singleton_group`), as in MLX.
@@ -353,8 +354,7 @@ class Collective {
   Request send_async(const R& data, int dst) {
     const auto d = detail::bytes_of(detail::const_view(data));
     if (auto ec = check_peer(dst, "send")) return finished(ec);
-    const Tag tag = next_send_tag(dst);
-    return submit([d, dst, tag](State& s, Lane& lane) { return p2p_job(s, true, d, {}, dst, tag, lane); });
+    return post_p2p(true, d, {}, dst, next_send_tag(dst));
   }
   template <MutableBuffer R>
   void recv(R&& data, int src) {
@@ -368,8 +368,7 @@ class Collective {
   Request recv_async(R&& data, int src) {
     const auto d = detail::bytes_of(detail::mutable_view(data));
     if (auto ec = check_peer(src, "recv")) return finished(ec);
-    const Tag tag = next_recv_tag(src);
-    return submit([d, src, tag](State& s, Lane& lane) { return p2p_job(s, false, {}, d, src, tag, lane); });
+    return post_p2p(false, {}, d, src, next_recv_tag(src));
   }
 
   // ---------------------------------------------------------------------------------------------
@@ -421,6 +420,9 @@ class Collective {
     std::mutex error_mutex;
     std::error_code aborted;  // sticky once an I/O failure happened
     std::string aborted_message;
+
+    // After `transport`: destroyed before it, waiting for what is still posted there.
+    detail::PostedRequests posted;
 
     // Declared last: destroyed first, so queued jobs finish while the rest is still alive.
     std::unique_ptr<detail::Worker> worker;
@@ -479,15 +481,7 @@ class Collective {
   template <class Body>
   static std::error_code run(State& s, std::string_view what, Tag tag, Scratch& scratch,
                              Body&& body) {
-    {
-      std::lock_guard lock(s.error_mutex);
-      if (s.aborted) {
-        detail::last_error_message = "collie[" + name() + "] " + std::string(what) +
-                                     ": the group was aborted by an earlier error (" +
-                                     s.aborted_message + "); create a new group";
-        return errc::aborted;
-      }
-    }
+    if (auto ec = refuse_if_aborted(s, what)) return ec;
     Call call(tag, s.options.timeout, scratch);
     Failure failure{&s, what, {}, false};
     call.on_failure(&on_io_failure, &failure);
@@ -499,6 +493,16 @@ class Collective {
     }
     detail::last_error_message = std::move(failure.message);
     return ec;
+  }
+
+  // A call on a group that an earlier I/O failure aborted fails at once.
+  static std::error_code refuse_if_aborted(State& s, std::string_view what) {
+    std::lock_guard lock(s.error_mutex);
+    if (!s.aborted) return {};
+    detail::last_error_message = "collie[" + name() + "] " + std::string(what) +
+                                 ": the group was aborted by an earlier error (" +
+                                 s.aborted_message + "); create a new group";
+    return errc::aborted;
   }
 
   // The first I/O failure of a call, as the algorithm saw it.
@@ -570,6 +574,49 @@ class Collective {
       request->finish(ec, ec ? detail::last_error_message : std::string());
     });
     return Request(std::move(request));
+  }
+
+  // An asynchronous send (`sending`, of `out`) or receive (into `in`): posted to the transport
+  // here, on the caller's thread, not queued for the worker. Queued, a receive would hold back
+  // the sends started after it: ranks that each post their receives, then their sends, then
+  // wait (MPI_Irecv, MPI_Isend, MPI_Waitall) would all wait in their first receive for a send
+  // never posted. The Request completes it on the thread that waits, with no hand-off.
+  Request post_p2p(bool sending, std::span<const std::byte> out, std::span<std::byte> in, int peer,
+                   Tag tag) {
+    State& s = *state_;
+    const std::string_view what = sending ? "send" : "recv";
+    if (auto ec = refuse_if_aborted(s, what)) return finished(ec);
+    auto posted = std::make_shared<typename T::Request>(
+        sending ? s.transport.post_send(peer, tag, out) : s.transport.post_recv(peer, tag, in));
+    auto request = std::make_shared<detail::RequestState>();
+    request->complete = [&s, posted, what, peer, tag](detail::RequestState& r, bool block) {
+      complete_p2p(s, *posted, what, peer, tag, r, block);
+    };
+    s.posted.add(request);
+    return Request(std::move(request));
+  }
+
+  // Waits for (`block`) or looks at an operation posted by post_p2p, and finishes `r` once it is
+  // over, failing as a synchronous send or receive would.
+  static void complete_p2p(State& s, typename T::Request& posted, std::string_view what, int peer,
+                           Tag tag, detail::RequestState& r, bool block) noexcept {
+    Scratch unused;
+    Call call(tag, s.options.timeout, unused);
+    call.at(what, 0, 0, peer);
+    const Deadline deadline = block ? call.deadline() : Deadline::after(std::chrono::seconds(0));
+    const std::error_code ec = s.transport.wait(posted, deadline);
+    if (!block && ec == errc::timed_out) return;  // still under way
+    if (ec == errc::timed_out) s.transport.cancel(posted);
+    std::string message;
+    if (ec) {
+      const std::error_code failed = guard([&]() -> std::error_code {
+        message = describe(s, what, call, ec);
+        if (is_io_failure(ec)) abort_group(s, ec, message);
+        return {};
+      });
+      if (failed) message = detail::last_error_message;
+    }
+    r.finish(ec, std::move(message));
   }
 
   // ----- checks (local, before any byte moves) ------------------------------------------------

@@ -34,7 +34,10 @@ struct algorithm_t {};
 ///   same `tag`; the sizes must agree (a mismatch is `errc::protocol_error`). The memory must stay
 ///   valid until the request completes or is cancelled.
 /// - `wait(request, deadline)`: block until the request completes (empty code), fails, or the
-///   deadline passes (`errc::timed_out`, the request stays posted).
+///   deadline passes (`errc::timed_out`, the request stays posted). With a deadline already
+///   past it only looks, without blocking (`Request::ready` asks this way). A posted request
+///   makes progress whether or not anyone waits on it: a receive posted before the send it
+///   matches must not hold that send back.
 /// - `cancel(request)`: withdraw a posted request; afterwards the transport no longer touches its
 ///   memory. Algorithms cancel whatever is still posted before they return.
 /// - `split(members, context)`: a transport over the subgroup `members` (ranks of this group, in

@@ -4,11 +4,13 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <system_error>
 #include <utility>
+#include <vector>
 
 #include "collie/core/error.hpp"
 
@@ -16,13 +18,24 @@ namespace collie {
 
 namespace detail {
 
-// Completion state shared by the worker that runs an operation and the Request that waits on it.
+// Completion state shared by whatever runs an operation and the Request that waits on it.
+//
+// A collective runs as a job on the group's worker thread, which finishes the state. A
+// point-to-point operation is posted straight to the transport and has no thread of its own:
+// whoever waits on it, or asks whether it is ready, runs `complete` instead, which waits for
+// the transport (`block`) or only looks, and finishes the state once the operation is over.
+// One thread at a time runs it (`complete_mutex`), and it is dropped once the state is done,
+// so it never runs after its group is gone: the group completes every such operation before it
+// goes (PostedRequests).
 struct RequestState {
   std::mutex mutex;
   std::condition_variable cv;
   bool done = false;
   std::error_code result;
   std::string message;
+
+  std::function<void(RequestState&, bool block)> complete;
+  std::mutex complete_mutex;
 
   void finish(std::error_code ec, std::string text) {
     {
@@ -33,16 +46,64 @@ struct RequestState {
     }
     cv.notify_all();
   }
+
+  bool is_done() {
+    std::lock_guard lock(mutex);
+    return done;
+  }
+
+  // Runs `complete`, if there is one and the operation is not over. Without `block` it returns
+  // at once, also when another thread is running it.
+  void drive(bool block) noexcept {
+    std::unique_lock lock(complete_mutex, std::defer_lock);
+    if (block) {
+      lock.lock();
+    } else if (!lock.try_lock()) {
+      return;
+    }
+    if (!complete) return;
+    complete(*this, block);
+    if (is_done()) complete = nullptr;
+  }
+};
+
+// The point-to-point operations a group posted straight to its transport and that are not over.
+// They use the transport, so the group's destructor waits for each one, as it runs its worker's
+// queued jobs: destroying a Request does not cancel its operation.
+class PostedRequests {
+ public:
+  PostedRequests() = default;
+  PostedRequests(const PostedRequests&) = delete;
+  PostedRequests& operator=(const PostedRequests&) = delete;
+  ~PostedRequests() {
+    for (auto& r : list_) r->drive(true);
+  }
+
+  // Called from the group's thread only. Forgets those that are over, and looks again at those
+  // whose Request is gone (no one else will), so sends never waited on do not pile up.
+  void add(std::shared_ptr<RequestState> request) {
+    std::erase_if(list_, [](const std::shared_ptr<RequestState>& r) {
+      if (r.use_count() == 1) r->drive(false);
+      return r->is_done();
+    });
+    list_.push_back(std::move(request));
+  }
+
+ private:
+  std::vector<std::shared_ptr<RequestState>> list_;
 };
 
 }  // namespace detail
 
 /// An operation started by one of the `*_async` calls of a `Collective` or `Group`.
 ///
-/// Asynchronous operations of one group run in the order they were started, on a worker thread
-/// of that group, while the caller goes on computing. The buffers passed to the call must stay
-/// alive and untouched until `wait()` returns. Destroying a Request does not cancel the
-/// operation: it still runs (the group's destructor waits for it).
+/// Asynchronous collectives of one group run in the order they were started, on a worker thread
+/// of that group, while the caller goes on computing. Asynchronous sends and receives are posted
+/// to the transport at once, on the calling thread, so receives posted before the sends they
+/// wait for (on another rank) complete, as with MPI_Irecv then MPI_Isend; the thread that waits
+/// completes them. The buffers passed to the call must stay alive and untouched until `wait()`
+/// returns. Destroying a Request does not cancel the operation: it still runs (the group's
+/// destructor waits for it).
 ///
 ///   auto pending = world.all_sum_async(gradients);
 ///   compute_something_else();
@@ -54,8 +115,8 @@ class Request {
   /// True once the operation has finished (successfully or not). Never blocks.
   bool ready() const {
     if (!state_) return true;
-    std::lock_guard lock(state_->mutex);
-    return state_->done;
+    state_->drive(false);
+    return state_->is_done();
   }
 
   /// Blocks until the operation finishes; throws `collie::Error` if it failed.
@@ -69,6 +130,7 @@ class Request {
   void wait(std::error_code& ec) noexcept {
     ec.clear();
     if (!state_) return;
+    state_->drive(true);
     std::unique_lock lock(state_->mutex);
     state_->cv.wait(lock, [&] { return state_->done; });
     ec = state_->result;
