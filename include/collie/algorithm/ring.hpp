@@ -20,13 +20,16 @@ namespace collie {
 
 /// Ring algorithm, as in MLX's ring backend, NCCL and Gloo.
 ///
-/// Each rank talks only to its two neighbours. For p ranks and S bytes per rank:
+/// On the ring each rank talks only to its two neighbours; the paths for small and middle sizes
+/// (recursive doubling and halving) talk to partners 1, 2, 4, ... ranks away. For p ranks and S
+/// bytes per rank:
 ///
 /// | collective     | steps        | bytes sent per rank | staging              |
 /// |----------------|--------------|---------------------|----------------------|
 /// | all_reduce ≤ small_bytes (≤ halving_from_bytes if p = 2^k ≥ 4) | ⌊log2 p⌋, +2 if p is no power of two | ⌊log2 p⌋ · S (recursive doubling) | S |
 /// | all_reduce ≤ halving_bytes, p = 2^k ≥ 4 | 2 log2(p) | 2(p-1)/p · S (recursive halving, doubling) | S/2 |
 /// | all_reduce     | 2(p-1)       | 2(p-1)/p · S        | 3 segments per lane  |
+/// | reduce_scatter, S_in ≤ halving_bytes, p = 2^k ≥ 4 | log2 p | (p-1)/p · S_in (recursive halving) | 1.5 S_in |
 /// | reduce_scatter | p-1          | (p-1)/p · S_in      | 3 segments per lane  |
 /// | all_gather, p·S_in ≤ small_bytes, p = 2^k ≥ 4 | log2 p | (p-1) · S_in (recursive doubling) | none |
 /// | all_gather     | p-1          | (p-1) · S_in        | none                 |
@@ -70,7 +73,9 @@ struct Ring {
   /// to 64 KiB: 17–35 µs against the ring's 39–78); 0 never does.
   std::size_t small_bytes = 256 * 1024;
   /// Larger all-reduces up to this many bytes use recursive halving and doubling when the rank
-  /// count is a power of two, 4 or more; 0 never does.
+  /// count is a power of two, 4 or more, and so do reduce-scatters of up to this much input (the
+  /// halving half alone: 4 ranks, 64 B to 256 KiB, 19–149 us against the ring's 44–201); 0 never
+  /// does.
   std::size_t halving_bytes = 4 << 20;
   /// With p a power of two from 4 on, all-reduces larger than this use recursive halving and
   /// doubling even below `small_bytes`.
@@ -95,6 +100,9 @@ struct Ring {
   template <Transport T>
   std::error_code reduce_scatter(T& t, Call& call, std::span<const std::byte> in,
                                  std::span<std::byte> out, const Reduction& reduction) const {
+    if (detail::power_of_two_from_4(t.size()) && in.size() <= halving_bytes) {
+      return detail::halving_reduce_scatter(t, call, in, out, reduction);
+    }
     const detail::RingGeometry geo(t.size(), t.rank(), reduction.element_size,
                                    in.size() / reduction.element_size, rings, segment_bytes);
     return detail::run_ring(t, call, geo, detail::RingMode::reduce_scatter, in, out, &reduction);

@@ -9,6 +9,7 @@
 #include <span>
 #include <string_view>
 #include <system_error>
+#include <utility>
 
 #include "collie/algorithm/detail/power_of_two.hpp"
 #include "collie/algorithm/detail/requests.hpp"
@@ -93,6 +94,52 @@ std::error_code halving_all_reduce(T& t, Call& call, std::span<std::byte> data,
     width *= 2;
   }
   if (group.paired) return hand_back(t, call, data, r - 1, steps, "fold");
+  return {};
+}
+
+/// Reduce-scatter by recursive halving, for p a power of two: `in` holds p blocks of
+/// `out.size()` bytes, block m for rank m, and `out` receives this rank's block, reduced.
+///
+/// The first half of `halving_all_reduce`: in round k (d = p/2, p/4, ..., 1) a rank sends the
+/// half of its run of blocks that belongs to the ranks on the partner's side of bit d to rank
+/// r ^ d, and folds the partner's copy of its own half into its partial (the lower rank's
+/// first). The first round reads `in`, the last one writes `out`. The ring's bytes, (p-1)/p of
+/// `in`, in log2(p) rounds instead of p-1. Staging: 1.5 × `in` (the partials, of which only the
+/// half kept after the first round is touched, and what arrives).
+template <Transport T>
+std::error_code halving_reduce_scatter(T& t, Call& call, std::span<const std::byte> in,
+                                       std::span<std::byte> out, const Reduction& reduction) {
+  const int p = t.size();
+  const int r = t.rank();
+  const int steps = PowerOfTwoGroup(p, r).rounds;  // p is a power of two: every rank a member
+  const std::size_t block = out.size();
+  auto scratch = call.scratch(in.size() + in.size() / 2);
+  const auto partial = scratch.first(in.size());
+  const auto received = scratch.subspan(in.size());
+  Requests<T> requests(t, call);
+  requests.reserve(2);
+  // This rank's run of blocks [lo, lo + width) halves every round.
+  int lo = 0;
+  int width = p;
+  for (int k = 0, d = p / 2; d >= 1; ++k, d /= 2) {
+    const int partner = r ^ d;
+    const int half = width / 2;
+    const bool upper = (r & d) != 0;
+    const auto keep = static_cast<std::size_t>(upper ? lo + half : lo) * block;
+    const auto give = static_cast<std::size_t>(upper ? lo : lo + half) * block;
+    const std::size_t bytes = static_cast<std::size_t>(half) * block;
+    const std::span<const std::byte> source = k == 0 ? in : partial;
+    if (auto ec = swap_with(requests, call, partner, k, steps, received.first(bytes),
+                            source.subspan(give, bytes), "reduce-scatter")) {
+      return ec;
+    }
+    const std::byte* sources[2] = {source.data() + keep, received.data()};
+    if (partner < r) std::swap(sources[0], sources[1]);
+    std::byte* target = d == 1 ? out.data() : partial.data() + keep;
+    reduction.many(target, sources, 2, bytes / reduction.element_size);
+    if (upper) lo += half;
+    width = half;
+  }
   return {};
 }
 
