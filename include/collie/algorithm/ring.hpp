@@ -8,6 +8,7 @@
 #include <string_view>
 #include <system_error>
 
+#include "collie/algorithm/detail/bruck.hpp"
 #include "collie/algorithm/detail/doubling.hpp"
 #include "collie/algorithm/detail/halving.hpp"
 #include "collie/algorithm/detail/power_of_two.hpp"
@@ -32,6 +33,7 @@ namespace collie {
 /// | reduce_scatter, S_in ≤ halving_bytes, p = 2^k ≥ 4 | log2 p | (p-1)/p · S_in (recursive halving) | 1.5 S_in |
 /// | reduce_scatter | p-1          | (p-1)/p · S_in      | 3 segments per lane  |
 /// | all_gather, p·S_in ≤ small_bytes, p = 2^k ≥ 4 | log2 p | (p-1) · S_in (recursive doubling) | none |
+/// | all_gather, p·S_in ≤ small_bytes, other p ≥ 5 | ⌈log2 p⌉ | (p-1) · S_in (Bruck) | none |
 /// | all_gather     | p-1          | (p-1) · S_in        | none                 |
 /// | broadcast      | p-1 + segments - 1 | S (a pipelined chain from the root) | none |
 ///
@@ -70,7 +72,9 @@ struct Ring {
   std::size_t segment_bytes = 1 << 20;
   /// All-reduces of at most this many bytes use recursive doubling, and so do all-gathers of at
   /// most this many bytes in all when the rank count is a power of two, 4 or more (4 ranks, 64 B
-  /// to 64 KiB: 17–35 µs against the ring's 39–78); 0 never does.
+  /// to 64 KiB: 17–35 µs against the ring's 39–78); with 5 ranks or more and no power of two,
+  /// such all-gathers use Bruck's algorithm instead (5 ranks, 60 B to 64 KiB: 49–82 µs against
+  /// the ring's 89–128); 0 never does.
   std::size_t small_bytes = 256 * 1024;
   /// Larger all-reduces up to this many bytes use recursive halving and doubling when the rank
   /// count is a power of two, 4 or more, and so do reduce-scatters of up to this much input (the
@@ -116,8 +120,11 @@ struct Ring {
     if (block != 0 && out.data() + r * block != in.data()) {
       std::memmove(out.data() + r * block, in.data(), block);
     }
-    if (detail::power_of_two_from_4(t.size()) && out.size() <= small_bytes) {
-      return detail::doubling_all_gather(t, call, out, block);
+    // With 3 ranks Bruck's rounds are the ring's two, and it was 1.5-2 us slower (5 alternating
+    // runs, 96 B to 6 KiB), so the ring stays there.
+    if (t.size() >= 4 && out.size() <= small_bytes) {
+      if (detail::power_of_two_from_4(t.size())) return detail::doubling_all_gather(t, call, out, block);
+      return detail::bruck_all_gather(t, call, out, block);
     }
     // Bytes as elements: blocks are whole input buffers, so any split of them is valid.
     const detail::RingGeometry geo(t.size(), t.rank(), 1, out.size(), rings, segment_bytes);
