@@ -77,7 +77,7 @@ TEST_CASE("the ring backend's algorithm knobs are read from the environment, and
   ::setenv("MLX_HOSTFILE", hostfile.c_str(), 1);
   const char* knobs[] = {"COLLIE_RING_RINGS", "COLLIE_RING_SEGMENT_BYTES", "COLLIE_RING_SMALL_BYTES",
                          "COLLIE_RING_HALVING_BYTES", "COLLIE_RING_HALVING_FROM_BYTES",
-                         "COLLIE_MESH_SMALL_BYTES"};
+                         "COLLIE_RING_ALL_TO_ALL_SMALL_BYTES", "COLLIE_MESH_SMALL_BYTES"};
   struct Refused {
     const char* name;
     const char* value;
@@ -90,6 +90,7 @@ TEST_CASE("the ring backend's algorithm knobs are read from the environment, and
       {"COLLIE_RING_SMALL_BYTES", "2G", "default 262144"},
       {"COLLIE_RING_HALVING_BYTES", "4x", "COLLIE_RING_HALVING_BYTES=4x is out of range"},
       {"COLLIE_RING_HALVING_FROM_BYTES", "3G", "COLLIE_RING_HALVING_FROM_BYTES=3G is out of range"},
+      {"COLLIE_RING_ALL_TO_ALL_SMALL_BYTES", "2G", "COLLIE_RING_ALL_TO_ALL_SMALL_BYTES=2G is out of range"},
       {"COLLIE_MESH_SMALL_BYTES", "-1", "COLLIE_MESH_SMALL_BYTES=-1 is out of range"},
   };
   for (const auto& c : refused) {
@@ -109,6 +110,7 @@ TEST_CASE("the ring backend's algorithm knobs are read from the environment, and
   ::setenv("COLLIE_RING_SMALL_BYTES", " 0 ", 1);
   ::setenv("COLLIE_RING_HALVING_BYTES", "8M", 1);
   ::setenv("COLLIE_RING_HALVING_FROM_BYTES", "32k", 1);
+  ::setenv("COLLIE_RING_ALL_TO_ALL_SMALL_BYTES", "4k", 1);
   ::setenv("COLLIE_MESH_SMALL_BYTES", "1M", 1);
   std::error_code ec;
   auto group = init("ring", true, ec);

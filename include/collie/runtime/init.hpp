@@ -103,7 +103,8 @@ inline bool all_loopback(const TcpConfig& config) {
 // schedulers. COLLIE_ALGORITHM picks the algorithm over TCP: "ring" (default) or "mesh"; the
 // algorithms' knobs come from COLLIE_RING_RINGS (default 2, or 1 when every rank is on loopback),
 // COLLIE_RING_SEGMENT_BYTES, COLLIE_RING_SMALL_BYTES, COLLIE_RING_HALVING_BYTES,
-// COLLIE_RING_HALVING_FROM_BYTES and COLLIE_MESH_SMALL_BYTES (docs/ring.md).
+// COLLIE_RING_HALVING_FROM_BYTES, COLLIE_RING_ALL_TO_ALL_SMALL_BYTES and COLLIE_MESH_SMALL_BYTES
+// (docs/ring.md).
 inline std::optional<Group> try_ring(std::error_code& ec) {
   auto config = ring_config_from_environment(ec);
   if (!config && ec == errc::not_configured) {
@@ -140,6 +141,8 @@ inline std::optional<Group> try_ring(std::error_code& ec) {
       !size_knob("RING_HALVING_BYTES", ring.halving_bytes, 0, std::size_t{1} << 30, ec) ||
       !size_knob("RING_HALVING_FROM_BYTES", ring.halving_from_bytes, 0, std::size_t{1} << 30,
                  ec) ||
+      !size_knob("RING_ALL_TO_ALL_SMALL_BYTES", ring.all_to_all_small_bytes, 0,
+                 std::size_t{1} << 30, ec) ||
       !size_knob("MESH_SMALL_BYTES", mesh.small_bytes, 0, std::size_t{1} << 30, ec)) {
     return std::nullopt;
   }

@@ -1,11 +1,13 @@
-// Bruck's all-gather: ⌈log2 p⌉ rounds for any rank count, where the ring takes p-1. Ring uses
-// it for small all-gathers when p is no power of two (for a power of two, recursive doubling
-// takes the same rounds with one message each).
+// Bruck's algorithms: ⌈log2 p⌉ rounds for any rank count. Ring uses the all-gather for small
+// all-gathers when p is no power of two (for a power of two, recursive doubling takes the same
+// rounds with one message each), and the all-to-all for small all-to-alls, where one round with
+// every peer at once costs more than log2(p) rounds with one.
 #pragma once
 
 #include <algorithm>
 #include <array>
 #include <cstddef>
+#include <cstring>
 #include <span>
 #include <string_view>
 #include <system_error>
@@ -54,6 +56,58 @@ std::error_code bruck_all_gather(T& t, Call& call, std::span<std::byte> out, std
       if (!outgoing[part].empty()) requests.send(to, tag, outgoing[part], phase, k, steps);
     }
     if (auto ec = requests.wait_all()) return ec;
+  }
+  return {};
+}
+
+/// All-to-all by Bruck's algorithm: `in` and `out` hold p blocks of `block` bytes; block k of
+/// `in` goes to rank k and arrives as block `rank` of its `out`.
+///
+/// The blocks are first rotated so that slot i holds the block for rank r+i (mod p). In round k
+/// (d = 2^k) every slot whose number has bit k set moves d ranks on: packed into one message to
+/// rank r+d, while the same slots come from rank r-d. A block in slot i thus travels i ranks, to
+/// its destination, and slot i ends holding the block from rank r-i. ⌈log2 p⌉ rounds instead of
+/// one round with p-1 peers, for about p/2·log2(p) blocks sent instead of p-1, so it suits small
+/// blocks only. Staging: about 2p blocks.
+template <Transport T>
+std::error_code bruck_all_to_all(T& t, Call& call, std::span<const std::byte> in,
+                                 std::span<std::byte> out) {
+  const int p = t.size();
+  const int r = t.rank();
+  const std::size_t block = in.size() / static_cast<std::size_t>(p);
+  const auto slots = static_cast<std::size_t>(p);
+  const std::size_t moving = slots / 2;  // at most this many slots have any one bit set
+  auto scratch = call.scratch((slots + 2 * moving) * block);
+  const auto slot = [&](int i) { return scratch.subspan(static_cast<std::size_t>(i) * block, block); };
+  const auto outgoing = scratch.subspan(slots * block, moving * block);
+  const auto incoming = scratch.subspan((slots + moving) * block, moving * block);
+  for (int i = 0; i < p; ++i) {
+    std::memcpy(slot(i).data(), in.data() + static_cast<std::size_t>((r + i) % p) * block, block);
+  }
+  int steps = 0;
+  for (int d = 1; d < p; d *= 2) ++steps;
+  Requests<T> requests(t, call);
+  requests.reserve(2);
+  for (int k = 0, d = 1; d < p; ++k, d *= 2) {
+    std::size_t bytes = 0;
+    for (int i = d; i < p; ++i) {
+      if ((i & d) == 0) continue;
+      std::memcpy(outgoing.data() + bytes, slot(i).data(), block);
+      bytes += block;
+    }
+    const Tag tag = call.tag(static_cast<Tag>(k));
+    requests.recv((r - d + p) % p, tag, incoming.first(bytes), "bruck all_to_all", k, steps);
+    requests.send((r + d) % p, tag, outgoing.first(bytes), "bruck all_to_all", k, steps);
+    if (auto ec = requests.wait_all()) return ec;
+    bytes = 0;
+    for (int i = d; i < p; ++i) {
+      if ((i & d) == 0) continue;
+      std::memcpy(slot(i).data(), incoming.data() + bytes, block);
+      bytes += block;
+    }
+  }
+  for (int i = 0; i < p; ++i) {
+    std::memcpy(out.data() + static_cast<std::size_t>((r - i + p) % p) * block, slot(i).data(), block);
   }
   return {};
 }
