@@ -2,8 +2,10 @@
 // computation. Wait on it before touching the buffers the operation uses.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <condition_variable>
+#include <cstddef>
 #include <functional>
 #include <memory>
 #include <mutex>
@@ -79,18 +81,23 @@ class PostedRequests {
     for (auto& r : list_) r->drive(true);
   }
 
-  // Called from the group's thread only. Forgets those that are over, and looks again at those
-  // whose Request is gone (no one else will), so sends never waited on do not pile up.
+  // Called from the group's thread only. Whenever the list has doubled, forgets those that are
+  // over and looks again at those whose Request is gone (no one else will), so sends never
+  // waited on do not pile up; the doubling keeps that at a constant cost per operation.
   void add(std::shared_ptr<RequestState> request) {
-    std::erase_if(list_, [](const std::shared_ptr<RequestState>& r) {
-      if (r.use_count() == 1) r->drive(false);
-      return r->is_done();
-    });
+    if (list_.size() >= prune_at_) {
+      std::erase_if(list_, [](const std::shared_ptr<RequestState>& r) {
+        if (r.use_count() == 1) r->drive(false);
+        return r->is_done();
+      });
+      prune_at_ = std::max<std::size_t>(16, 2 * list_.size());
+    }
     list_.push_back(std::move(request));
   }
 
  private:
   std::vector<std::shared_ptr<RequestState>> list_;
+  std::size_t prune_at_ = 16;
 };
 
 }  // namespace detail

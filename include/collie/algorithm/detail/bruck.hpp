@@ -18,6 +18,13 @@
 
 namespace collie::detail {
 
+/// ⌈log2 p⌉: the rounds of either algorithm.
+constexpr int bruck_rounds(int p) noexcept {
+  int rounds = 0;
+  for (int d = 1; d < p; d *= 2) ++rounds;
+  return rounds;
+}
+
 /// All-gather by Bruck's algorithm into `out` (p blocks of `block` bytes, this rank's own block
 /// already in place), for any p.
 ///
@@ -30,8 +37,7 @@ template <Transport T>
 std::error_code bruck_all_gather(T& t, Call& call, std::span<std::byte> out, std::size_t block) {
   const int p = t.size();
   const int r = t.rank();
-  int steps = 0;
-  for (int d = 1; d < p; d *= 2) ++steps;
+  const int steps = bruck_rounds(p);
   constexpr std::string_view phase = "bruck all_gather";
   // The run of `n` blocks from block `first`, mod p: its part up to the last block, then the
   // part that wrapped to the first (empty if none did). Sender and receiver cut the same run
@@ -84,8 +90,7 @@ std::error_code bruck_all_to_all(T& t, Call& call, std::span<const std::byte> in
   for (int i = 0; i < p; ++i) {
     std::memcpy(slot(i).data(), in.data() + static_cast<std::size_t>((r + i) % p) * block, block);
   }
-  int steps = 0;
-  for (int d = 1; d < p; d *= 2) ++steps;
+  const int steps = bruck_rounds(p);
   Requests<T> requests(t, call);
   requests.reserve(2);
   for (int k = 0, d = 1; d < p; ++k, d *= 2) {
