@@ -84,7 +84,9 @@ std::error_code bruck_all_to_all(T& t, Call& call, std::span<const std::byte> in
   const auto slots = static_cast<std::size_t>(p);
   const std::size_t moving = slots / 2;  // at most this many slots have any one bit set
   auto scratch = call.scratch((slots + 2 * moving) * block);
-  const auto slot = [&](int i) { return scratch.subspan(static_cast<std::size_t>(i) * block, block); };
+  const auto slot = [&](int i) {
+    return scratch.subspan(static_cast<std::size_t>(i) * block, block);
+  };
   const auto outgoing = scratch.subspan(slots * block, moving * block);
   const auto incoming = scratch.subspan((slots + moving) * block, moving * block);
   for (int i = 0; i < p; ++i) {
@@ -112,7 +114,8 @@ std::error_code bruck_all_to_all(T& t, Call& call, std::span<const std::byte> in
     }
   }
   for (int i = 0; i < p; ++i) {
-    std::memcpy(out.data() + static_cast<std::size_t>((r - i + p) % p) * block, slot(i).data(), block);
+    std::memcpy(out.data() + static_cast<std::size_t>((r - i + p) % p) * block, slot(i).data(),
+                block);
   }
   return {};
 }

@@ -1672,8 +1672,9 @@ class Engine {
   // spin exists to catch a reply that comes within it, which a transfer this large does not;
   // polling while its bytes stream in slowed them (2 ranks, alternating runs, polling vs
   // sleeping: broadcast 512 KiB 81 vs 68 us, 2 MiB 352 vs 299 us (5 runs); all_sum 1 MiB 306
-  // vs 284 us, 16 MiB 5.01 vs 4.42 ms (9 runs)). Oversubscribed, the polling yields between polls and pays even for large
-  // transfers (4 ranks on 2 cores, broadcast 4 MiB: 2.30 ms polling, 2.85 sleeping).
+  // vs 284 us, 16 MiB 5.01 vs 4.42 ms (9 runs)). Oversubscribed, the polling yields between
+  // polls and pays even for large transfers (4 ranks on 2 cores, broadcast 4 MiB: 2.30 ms
+  // polling, 2.85 sleeping).
   static constexpr std::size_t spin_bytes_limit = std::size_t{256} << 10;
   bool yield_ = yield_for(config_);
   std::mutex drive_mutex_;
