@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <fstream>
 #include <functional>
+#include <iterator>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -82,6 +83,12 @@ struct Ranks {
     for (const auto& f : failures) FAIL_CHECK(f);
   }
 };
+
+// Whether every element of `range` equals `value` (a received buffer holds what was sent).
+template <class Range, class Value>
+bool filled_with(const Range& range, const Value& value) {
+  return std::all_of(std::begin(range), std::end(range), [&](const auto& x) { return x == value; });
+}
 
 TcpConfig config_for(int rank, const std::vector<std::vector<Endpoint>>& hosts) {
   TcpConfig config;
@@ -331,7 +338,7 @@ TEST_CASE("a send nobody waits on still goes out once its caller has left the ev
     } else {
       auto request = c.transport().post_recv(0, tag, data);
       if (c.transport().wait(request, Deadline::after(20s))) ranks.fail("the receive failed");
-      if (std::count(data.begin(), data.end(), std::byte{5}) != static_cast<std::ptrdiff_t>(data.size())) {
+      if (!filled_with(data, std::byte{5})) {
         ranks.fail("the received bytes are wrong");
       }
       received = true;
@@ -369,7 +376,7 @@ TEST_CASE("asynchronous receives posted before their sends complete, and ready()
       for (int peer = 0; peer < p; ++peer) {
         if (peer == r) continue;
         const auto& got = in[static_cast<std::size_t>(peer)];
-        if (std::count(got.begin(), got.end(), peer * 10 + r) != static_cast<std::ptrdiff_t>(count)) {
+        if (!filled_with(got, peer * 10 + r)) {
           ranks.fail("rank " + std::to_string(r) + " from " + std::to_string(peer) + " count " + std::to_string(count));
         }
       }
@@ -394,7 +401,7 @@ TEST_CASE("a send whose Request is dropped still arrives, and its group waits fo
     std::error_code ec;
     c.recv(data, 0, ec);
     if (ec) ranks.fail("recv: " + ec.message());
-    if (std::count(data.begin(), data.end(), 7) != static_cast<std::ptrdiff_t>(data.size())) {
+    if (!filled_with(data, 7)) {
       ranks.fail("the received data is wrong");
     }
   });
@@ -468,7 +475,7 @@ TEST_CASE("two threads of each rank run collectives of two groups at once, over 
         std::vector<float> x(i % 2 == 0 ? 3 : 100003, static_cast<float>(r + i));
         group.all_sum(x);
         const float want = static_cast<float>(3 * i + 3);
-        if (std::count(x.begin(), x.end(), want) != static_cast<std::ptrdiff_t>(x.size())) {
+        if (!filled_with(x, want)) {
           ranks.fail(std::string(name) + " all_sum " + std::to_string(i) + " is wrong");
           return;
         }
@@ -504,7 +511,7 @@ TEST_CASE("a stream of mixed-size messages arrives whole and in order, early or 
           if ((round + i) % 3 == 0) std::this_thread::sleep_for(1ms);  // let it arrive first
           std::vector<std::uint8_t> got(sizes[i], static_cast<std::uint8_t>(~fill));
           c.recv(got, 0);
-          if (std::count(got.begin(), got.end(), fill) != static_cast<std::ptrdiff_t>(sizes[i])) {
+          if (!filled_with(got, fill)) {
             ranks.fail("round " + std::to_string(round) + " message " + std::to_string(i) +
                        " (" + std::to_string(sizes[i]) + " bytes) is wrong");
           }
@@ -561,8 +568,7 @@ TEST_CASE("a sender that runs ahead is held back once 4 MiB of its messages wait
           ranks.fail("receive " + std::to_string(m) + " failed");
           break;
         }
-        const auto right = std::count(got.begin(), got.end(), static_cast<std::byte>(m));
-        if (right != static_cast<std::ptrdiff_t>(bytes)) {
+        if (!filled_with(got, static_cast<std::byte>(m))) {
           ranks.fail("message " + std::to_string(m) + " is wrong");
         }
       }
@@ -595,10 +601,9 @@ TEST_CASE("a receive for a later message gets it past an earlier one held in the
       if (c.transport().wait(b, Deadline::after(10s))) ranks.fail("the later message never came");
       auto a = c.transport().post_recv(0, 1, first);
       if (c.transport().wait(a, Deadline::after(10s))) ranks.fail("the earlier message was lost");
-      auto all = [](const std::vector<std::byte>& v, std::byte b) {
-        return std::count(v.begin(), v.end(), b) == static_cast<std::ptrdiff_t>(v.size());
-      };
-      if (!all(first, std::byte{1}) || !all(second, std::byte{2})) ranks.fail("wrong bytes");
+      if (!filled_with(first, std::byte{1}) || !filled_with(second, std::byte{2})) {
+        ranks.fail("wrong bytes");
+      }
     }
     c.barrier();
   });
@@ -668,7 +673,7 @@ TEST_CASE("a burst of small messages, many to a read, arrives whole, in or out o
     if (r == 1) {
       for (int i = 0; i < count; ++i) {
         const auto& got = data[static_cast<std::size_t>(i)];
-        if (std::count(got.begin(), got.end(), fill_of(i)) != static_cast<std::ptrdiff_t>(size_of(i))) {
+        if (!filled_with(got, fill_of(i))) {
           ranks.fail("message " + std::to_string(i) + " (" + std::to_string(size_of(i)) + " bytes) is wrong");
         }
       }

@@ -1645,11 +1645,11 @@ class Engine {
   // Unexpected-message records not in use, with their buffers (at most `spare_limit` bytes).
   static constexpr std::size_t spare_limit = std::size_t{64} << 20;
   // Messages from one peer waiting in memory for their receives: past this many bytes, its next
-  // message stays in the socket until a receive from it is posted (see route).
-  // A root broadcasting 256 KiB in a loop to 1 rank (the receiver always behind), with this
-  // byte bound alone: 27 us per call with 0, 35 with 4 MiB, 134 with 64 MiB (each buffer is
-  // fresh memory at first, and copied once more); 4 MiB still lets ranks that all send before they receive exchange
-  // messages of that size plus what the kernel's socket buffers hold.
+  // message stays in the socket until a receive from it is posted (see route). A root
+  // broadcasting 256 KiB in a loop to 1 rank (the receiver always behind), with this byte bound
+  // alone: 27 us per call with 0, 35 with 4 MiB, 134 with 64 MiB (each buffer is fresh memory
+  // at first, and copied once more). 4 MiB still lets ranks that all send before they receive
+  // exchange messages of that size plus what the kernel's socket buffers hold.
   static constexpr std::size_t unexpected_budget = std::size_t{4} << 20;
   // The same for the number of messages: a root broadcasting 8 bytes in a loop ran thousands of
   // messages ahead, and every later message then looked through their records.
