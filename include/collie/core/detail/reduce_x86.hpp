@@ -89,28 +89,38 @@ COLLIE_DETAIL_X86_AVX2_INLINE Widened load_widened(const bfloat16* p) noexcept {
 
 // float16: VCVTPS2PH with an immediate rounding mode (not MXCSR's): ties to even, overflow to
 // Inf, subnormals kept (even under FTZ), NaNs quieted with their top payload bits; equal to
-// float_to_half_bits for all 2^32 inputs.
+// float_to_half_bits for all 2^32 inputs. (`Quiet` is for bfloat16's sake.)
+template <bool Quiet = false>
 COLLIE_DETAIL_X86_AVX2_INLINE void store_rounded(float16* p, Widened values) noexcept {
   auto* vectors = reinterpret_cast<__m128i*>(p);
   _mm_storeu_si128(vectors, _mm256_cvtps_ph(values.part[0], _MM_FROUND_TO_NEAREST_INT));
   _mm_storeu_si128(vectors + 1, _mm256_cvtps_ph(values.part[1], _MM_FROUND_TO_NEAREST_INT));
 }
 
-// float_to_bfloat_bits on eight floats, the result in the top half of each lane.
+// float_to_bfloat_bits on eight floats, the result in the top half of each lane: add 0x7fff
+// plus the lowest bit kept (ties to even), and quiet NaNs. That function truncates NaNs, lest
+// the carry run through the payload into the sign; here no NaN has a carry to give: each is a
+// widened bfloat16, an operand passed on by max or min, or the result of arithmetic on those,
+// which keeps the payload or makes the default NaN, so its low 16 bits are zero. A sum or a
+// product returns only quiet NaNs (`Quiet`), so all it takes is the rounding, four
+// micro-ops; this pass is most of a bfloat16 kernel's work (it was a select, VPBLENDVB,
+// three micro-ops on current Intel cores, on top of the rounding and the quieting).
+template <bool Quiet>
 COLLIE_DETAIL_X86_AVX2_INLINE __m256i round_to_bfloat(__m256 values) noexcept {
   const __m256i bits = _mm256_castps_si256(values);
   const __m256i lowest_kept = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
   const __m256i rounded =
       _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), lowest_kept);
-  const __m256i quiet_nan = _mm256_or_si256(bits, _mm256_set1_epi32(0x0040'0000));
+  if constexpr (Quiet) return rounded;
   const __m256i is_nan = _mm256_castps_si256(_mm256_cmp_ps(values, values, _CMP_UNORD_Q));
-  return _mm256_blendv_epi8(rounded, quiet_nan, is_nan);
+  return _mm256_or_si256(rounded, _mm256_and_si256(is_nan, _mm256_set1_epi32(0x0040'0000)));
 }
 
 // bfloat16: round both vectors, then interleave their top halves back into element order.
+template <bool Quiet = false>
 COLLIE_DETAIL_X86_AVX2_INLINE void store_rounded(bfloat16* p, Widened values) noexcept {
-  const __m256i even = _mm256_srli_epi32(round_to_bfloat(values.part[0]), 16);
-  const __m256i odd = round_to_bfloat(values.part[1]);
+  const __m256i even = _mm256_srli_epi32(round_to_bfloat<Quiet>(values.part[0]), 16);
+  const __m256i odd = round_to_bfloat<Quiet>(values.part[1]);
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm256_blend_epi16(even, odd, 0xaa));
 }
 
@@ -123,16 +133,34 @@ COLLIE_DETAIL_X86_AVX2_INLINE void store_accumulator(float* p, Widened values) n
   _mm256_storeu_ps(p + 8, values.part[1]);
 }
 
-// apply_op (reduce_passes.hpp) on eight floats, with the same selects: a sum or product with
-// x NaN is x quieted (y replaced by x), max and min take the first NaN, then order -0 below
-// +0. None depends on the order the compiler picks for a commutative instruction.
+// x + y and x * y with x as the instruction's first source. x86 then returns x (quieted)
+// when both are NaN, as apply_op's select arranges for the portable path, but compilers treat
+// the intrinsics as commutative and may swap the operands; in an asm statement they stay put,
+// and the select (a compare and a three-micro-op VBLENDVPS per eight floats) is not needed.
+// Both dialects are spelled out, so -masm=intel builds too.
+COLLIE_DETAIL_X86_AVX2_INLINE __m256 first_nan_add(__m256 x, __m256 y) noexcept {
+  __m256 sum;
+  __asm__("vaddps {%2, %1, %0|%0, %1, %2}" : "=x"(sum) : "x"(x), "x"(y));
+  return sum;
+}
+
+COLLIE_DETAIL_X86_AVX2_INLINE __m256 first_nan_mul(__m256 x, __m256 y) noexcept {
+  __m256 product;
+  __asm__("vmulps {%2, %1, %0|%0, %1, %2}" : "=x"(product) : "x"(x), "x"(y));
+  return product;
+}
+
+// apply_op (reduce_passes.hpp) on eight floats, with the same results: a sum or product with
+// x NaN is x quieted (x goes first, above), max and min take the first NaN through selects,
+// then order -0 below +0. None depends on the order the compiler picks for a commutative
+// instruction.
 template <class Op>
 COLLIE_DETAIL_X86_AVX2_INLINE __m256 apply(__m256 x, __m256 y) noexcept {
   using Plain = std::remove_cvref_t<Op>;
   if constexpr (std::is_same_v<Plain, Sum>) {
-    return _mm256_add_ps(x, _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
+    return first_nan_add(x, y);
   } else if constexpr (std::is_same_v<Plain, Prod>) {
-    return _mm256_mul_ps(x, _mm256_blendv_ps(y, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q)));
+    return first_nan_mul(x, y);
   } else {
     // float_extremum: y when x is a number and y is NaN or beyond it, the tie on equality.
     constexpr bool is_max = std::is_same_v<Plain, Max>;
@@ -169,12 +197,15 @@ inline constexpr std::size_t block_elements = 16;
 template <Pass P, class T, class Op>
 COLLIE_DETAIL_X86_AVX2_INLINE void step(T* dst, const T* a, const T* b, float* accumulator,
                                         std::size_t j) noexcept {
+  // A sum or product returns only quiet NaNs; max and min pass their operands on as they are.
+  constexpr bool quiet = std::is_same_v<std::remove_cvref_t<Op>, Sum> ||
+                         std::is_same_v<std::remove_cvref_t<Op>, Prod>;
   if constexpr (P == Pass::into) {
-    store_rounded(dst + j, apply<Op>(load_widened(dst + j), load_widened(a + j)));
+    store_rounded<quiet>(dst + j, apply<Op>(load_widened(dst + j), load_widened(a + j)));
   } else if constexpr (P == Pass::into_reversed) {
-    store_rounded(dst + j, apply<Op>(load_widened(a + j), load_widened(dst + j)));
+    store_rounded<quiet>(dst + j, apply<Op>(load_widened(a + j), load_widened(dst + j)));
   } else if constexpr (P == Pass::combine) {
-    store_rounded(dst + j, apply<Op>(load_widened(a + j), load_widened(b + j)));
+    store_rounded<quiet>(dst + j, apply<Op>(load_widened(a + j), load_widened(b + j)));
   } else if constexpr (P == Pass::convert) {
     store_rounded(dst + j, load_widened(a + j));
   } else if constexpr (P == Pass::round_trip) {
@@ -185,9 +216,11 @@ COLLIE_DETAIL_X86_AVX2_INLINE void step(T* dst, const T* a, const T* b, float* a
     store_accumulator(accumulator + j,
                       apply<Op>(load_accumulator(accumulator + j), load_widened(a + j)));
   } else if constexpr (P == Pass::finish) {
-    store_rounded(dst + j, apply<Op>(load_accumulator(accumulator + j), load_widened(a + j)));
+    store_rounded<quiet>(dst + j,
+                         apply<Op>(load_accumulator(accumulator + j), load_widened(a + j)));
   } else if constexpr (P == Pass::finish_in_place) {
-    store_rounded(dst + j, apply<Op>(load_accumulator(accumulator + j), load_widened(dst + j)));
+    store_rounded<quiet>(dst + j,
+                         apply<Op>(load_accumulator(accumulator + j), load_widened(dst + j)));
   } else {
     static_assert(P == Pass::store);
     store_rounded(dst + j, load_accumulator(accumulator + j));
