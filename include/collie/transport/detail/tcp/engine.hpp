@@ -1055,14 +1055,16 @@ class Engine {
       });
       return;
     }
-    const auto [into, want] = next_read(c);
+    // A pair, not structured bindings: clang 14 cannot capture those in a lambda.
+    const std::pair<std::byte*, std::size_t> read = next_read(c);
     c->read_pending = true;
-    c->socket.async_read_some(asio::buffer(into, want), [this, c, into, want](std::error_code ec, std::size_t got) {
-      c->read_pending = false;
-      if (c->reader_done) return;
-      if (ec) return reader_ended(c, ec);
-      pump(c, took(c, into, got, want));
-    });
+    c->socket.async_read_some(asio::buffer(read.first, read.second),
+                              [this, c, read](std::error_code ec, std::size_t got) {
+                                c->read_pending = false;
+                                if (c->reader_done) return;
+                                if (ec) return reader_ended(c, ec);
+                                pump(c, took(c, read.first, got, read.second));
+                              });
   }
 
   // Moves bytes from the inbox into the message being read, up to the end of one part of it.
