@@ -9,6 +9,7 @@ packages=(
   bazel-bootstrap
   bazel-platforms
   g++
+  clang
   libasio-dev
   doctest-dev
   nlohmann-json3-dev
