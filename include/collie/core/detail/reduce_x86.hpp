@@ -80,7 +80,8 @@ COLLIE_DETAIL_X86_AVX2_INLINE Widened load_widened(const float16* p) noexcept {
 // sixteen values, where zero-extending eight at a time costs a shuffle each.
 // bfloat_bits_to_float also quiets NaNs, which is left out here: a NaN stays NaN through every
 // op (the selects in `apply` pass NaN operands on unchanged, arithmetic quiets them) and every
-// value leaves through store_rounded, which sets the quiet bit anyway, so the stored bits agree.
+// value leaves through store_rounded, which sets the quiet bit where no sum or product already
+// did, so the stored bits agree.
 COLLIE_DETAIL_X86_AVX2_INLINE Widened load_widened(const bfloat16* p) noexcept {
   const __m256i pairs = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
   return {{_mm256_castsi256_ps(_mm256_slli_epi32(pairs, 16)),
