@@ -92,26 +92,31 @@ std::error_code bruck_all_to_all(T& t, Call& call, std::span<const std::byte> in
   for (int i = 0; i < p; ++i) {
     std::memcpy(slot(i).data(), in.data() + static_cast<std::size_t>((r + i) % p) * block, block);
   }
+  // Calls `move(slot, offset)` for every slot with bit d set, in the order and at the offset it
+  // has in the packed message of that round; returns the message's size.
+  const auto each_moving = [&](int d, auto&& move) {
+    std::size_t offset = 0;
+    for (int i = d; i < p; ++i) {
+      if ((i & d) == 0) continue;
+      move(slot(i), offset);
+      offset += block;
+    }
+    return offset;
+  };
   const int steps = bruck_rounds(p);
   Requests<T> requests(t, call);
   requests.reserve(2);
   for (int k = 0, d = 1; d < p; ++k, d *= 2) {
-    std::size_t bytes = 0;
-    for (int i = d; i < p; ++i) {
-      if ((i & d) == 0) continue;
-      std::memcpy(outgoing.data() + bytes, slot(i).data(), block);
-      bytes += block;
-    }
+    const std::size_t bytes = each_moving(d, [&](std::span<std::byte> s, std::size_t offset) {
+      std::memcpy(outgoing.data() + offset, s.data(), block);
+    });
     const Tag tag = call.tag(static_cast<Tag>(k));
     requests.recv((r - d + p) % p, tag, incoming.first(bytes), "bruck all_to_all", k, steps);
     requests.send((r + d) % p, tag, outgoing.first(bytes), "bruck all_to_all", k, steps);
     if (auto ec = requests.wait_all()) return ec;
-    bytes = 0;
-    for (int i = d; i < p; ++i) {
-      if ((i & d) == 0) continue;
-      std::memcpy(slot(i).data(), incoming.data() + bytes, block);
-      bytes += block;
-    }
+    each_moving(d, [&](std::span<std::byte> s, std::size_t offset) {
+      std::memcpy(s.data(), incoming.data() + offset, block);
+    });
   }
   for (int i = 0; i < p; ++i) {
     std::memcpy(out.data() + static_cast<std::size_t>((r - i + p) % p) * block, slot(i).data(),
