@@ -53,8 +53,8 @@ TEST_CASE("invalid pairings and look-alikes are rejected") {
 
 TEST_CASE("the enabled list holds exactly the valid pairs") {
   // Ring and Mesh over every enabled transport.
-  CHECK(std::variant_size_v<collie::Group::Variant> ==
+  CHECK(std::variant_size_v<collie::detail::RuntimeCore::Variant> ==
         2 * collie::detail::type_list_size_v<collie::EnabledTransports>);
-  CHECK(std::is_same_v<std::variant_alternative_t<0, collie::Group::Variant>,
+  CHECK(std::is_same_v<std::variant_alternative_t<0, collie::detail::RuntimeCore::Variant>,
                        collie::Collective<collie::InProcessTransport, collie::Ring>>);
 }

@@ -7,7 +7,7 @@
 #include <string_view>
 #include <system_error>
 
-#include "collie/algorithm/detail/direct.hpp"
+#include "collie/core/detail/direct.hpp"
 #include "collie/core/call.hpp"
 #include "collie/core/concepts.hpp"
 

@@ -9,11 +9,11 @@
 #include <system_error>
 
 #include "collie/algorithm/detail/bruck.hpp"
-#include "collie/algorithm/detail/direct.hpp"
+#include "collie/core/detail/direct.hpp"
 #include "collie/algorithm/detail/doubling.hpp"
 #include "collie/algorithm/detail/halving.hpp"
 #include "collie/algorithm/detail/power_of_two.hpp"
-#include "collie/algorithm/detail/requests.hpp"
+#include "collie/core/detail/requests.hpp"
 #include "collie/algorithm/detail/ring_schedule.hpp"
 #include "collie/core/call.hpp"
 #include "collie/core/concepts.hpp"
@@ -174,7 +174,7 @@ struct Ring {
       }
       return requests.wait_all();
     }
-    std::vector<std::size_t> received(segments);
+    const auto received = call.array<std::size_t>(segments);
     for (std::size_t s = 0; s < segments; ++s) {
       received[s] = requests.recv(previous, call.tag(s), segment(s), "broadcast", position, p - 1);
     }

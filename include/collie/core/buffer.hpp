@@ -27,34 +27,17 @@ using element_t = std::remove_cv_t<std::ranges::range_value_t<R>>;
 
 namespace detail {
 
+// The bytes of a buffer, for the byte-level cores under the typed API.
 template <Buffer R>
-std::span<const element_t<R>> const_view(R&& range) noexcept {
-  return {std::ranges::data(range), static_cast<std::size_t>(std::ranges::size(range))};
+std::span<const std::byte> const_bytes(const R& range) noexcept {
+  return {reinterpret_cast<const std::byte*>(std::ranges::data(range)),
+          static_cast<std::size_t>(std::ranges::size(range)) * sizeof(element_t<R>)};
 }
 
 template <MutableBuffer R>
-std::span<element_t<R>> mutable_view(R&& range) noexcept {
-  return {std::ranges::data(range), static_cast<std::size_t>(std::ranges::size(range))};
-}
-
-template <class E>
-std::span<const std::byte> bytes_of(std::span<const E> s) noexcept {
-  return std::as_bytes(s);
-}
-
-template <class E>
-std::span<std::byte> bytes_of(std::span<E> s) noexcept {
-  return std::as_writable_bytes(s);
-}
-
-// True when two byte ranges share memory without being the same range: neither in-place nor
-// out-of-place semantics can be honoured then.
-inline bool overlaps_partially(std::span<const std::byte> a, std::span<const std::byte> b) noexcept {
-  if (a.empty() || b.empty()) return false;
-  if (a.data() == b.data() && a.size() == b.size()) return false;
-  const auto* a_end = a.data() + a.size();
-  const auto* b_end = b.data() + b.size();
-  return std::less<>{}(a.data(), b_end) && std::less<>{}(b.data(), a_end);
+std::span<std::byte> mutable_bytes(R&& range) noexcept {
+  return {reinterpret_cast<std::byte*>(std::ranges::data(range)),
+          static_cast<std::size_t>(std::ranges::size(range)) * sizeof(element_t<R>)};
 }
 
 }  // namespace detail

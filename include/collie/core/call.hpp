@@ -11,9 +11,10 @@
 #include <string>
 #include <string_view>
 #include <system_error>
-#include <vector>
+#include <type_traits>
 
 #include "collie/core/deadline.hpp"
+#include "collie/core/detail/arena.hpp"
 #include "collie/core/error.hpp"
 
 namespace collie {
@@ -90,8 +91,11 @@ class Call {
   static constexpr Tag tag_span = Tag{1} << 40;
   static constexpr Tag phase_span = tag_span / 4;
 
-  Call(Tag base, std::chrono::milliseconds timeout, Scratch& scratch) noexcept
-      : base_(base), timeout_(timeout), scratch_(&scratch) {}
+  /// `arena` may be null for a call that runs no algorithm (the completion of a point-to-point
+  /// request); `array` and `working_memory` are then unavailable.
+  Call(Tag base, std::chrono::milliseconds timeout, Scratch& scratch,
+       detail::Arena* arena) noexcept
+      : base_(base), timeout_(timeout), scratch_(&scratch), arena_(arena) {}
 
   /// The tag at `offset` within this call's range (offset < tag_span).
   Tag tag(std::uint64_t offset) const noexcept { return base_ + offset; }
@@ -105,8 +109,24 @@ class Call {
   Deadline deadline() const noexcept { return Deadline::after(timeout_); }
   std::chrono::milliseconds timeout() const noexcept { return timeout_; }
 
-  /// Reusable staging memory (see `Scratch`).
+  /// Reusable staging memory (see `Scratch`): one region per call, for payloads.
   std::span<std::byte> scratch(std::size_t bytes) { return scratch_->get(bytes); }
+
+  /// `n` uninitialised objects of a trivial type `U` (request ids, pointer tables), valid until
+  /// the call returns. Unlike `scratch`, every request gets memory of its own. The memory grows
+  /// to the largest call and is then reused, so a steady stream of calls allocates nothing.
+  /// Throws std::bad_alloc (the call then fails with `std::errc::not_enough_memory`).
+  template <class U>
+    requires std::is_trivially_copyable_v<U> && std::is_trivially_destructible_v<U>
+  std::span<U> array(std::size_t n) {
+    return {static_cast<U*>(working_memory(n * sizeof(U), alignof(U))), n};
+  }
+
+  /// Raw per-call memory of `bytes` bytes aligned to `align`, valid until the call returns
+  /// (`detail::Requests` places its entries there).
+  void* working_memory(std::size_t bytes, std::size_t align) {
+    return arena_->allocate(bytes, align);
+  }
 
   /// Records where the call is, for error messages.
   void at(std::string_view phase, int step, int steps, int peer) noexcept {
@@ -131,6 +151,7 @@ class Call {
   Tag base_;
   std::chrono::milliseconds timeout_;
   Scratch* scratch_;
+  detail::Arena* arena_;
   Progress progress_;
   FailureHook failure_hook_ = nullptr;
   void* failure_context_ = nullptr;

@@ -1,12 +1,10 @@
-// collie::Request: the handle an asynchronous collective returns, so communication can overlap
+// collie::Request: the handle an asynchronous operation returns, so communication can overlap
 // computation. Wait on it before touching the buffers the operation uses.
 #pragma once
 
 #include <algorithm>
-#include <chrono>
 #include <condition_variable>
 #include <cstddef>
-#include <functional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -20,26 +18,35 @@ namespace collie {
 
 namespace detail {
 
-// Completion state shared by whatever runs an operation and the Request that waits on it.
+// Completion state shared by whatever runs an operation and the Request that waits on it. Each
+// asynchronous call allocates one (with its operation's arguments in a derived record, see
+// AsyncJob and the point-to-point record of PairCore), and nothing else: no std::function, no
+// second shared object.
 //
 // A collective runs as a job on the group's worker thread, which finishes the state. A
 // point-to-point operation is posted straight to the transport and has no thread of its own:
-// whoever waits on it, or asks whether it is ready, runs `complete` instead, which waits for
-// the transport (`block`) or only looks, and finishes the state once the operation is over.
-// One thread at a time runs it (`complete_mutex`), and it is dropped once the state is done,
-// so it never runs after its group is gone: the group completes every such operation before it
-// goes (PostedRequests).
+// whoever waits on it, or asks whether it is ready, runs `drive_fn` instead, which waits for the
+// transport (`block`) or only looks, and finishes the state once the operation is over. One
+// thread at a time runs it (`drive_mutex`), and it is dropped once the state is done, so it never
+// runs after its group is gone: the group completes every such operation before it goes
+// (PostedRequests).
 struct RequestState {
+  using DriveFn = void (*)(RequestState& self, bool block) noexcept;
+
   std::mutex mutex;
   std::condition_variable cv;
   bool done = false;
   std::error_code result;
   std::string message;
 
-  std::function<void(RequestState&, bool block)> complete;
-  std::mutex complete_mutex;
+  DriveFn drive_fn = nullptr;
+  std::mutex drive_mutex;
 
-  void finish(std::error_code ec, std::string text) {
+  RequestState() = default;
+  RequestState(const RequestState&) = delete;
+  RequestState& operator=(const RequestState&) = delete;
+
+  void finish(std::error_code ec, std::string text) noexcept {
     {
       std::lock_guard lock(mutex);
       done = true;
@@ -49,23 +56,23 @@ struct RequestState {
     cv.notify_all();
   }
 
-  bool is_done() {
+  bool is_done() noexcept {
     std::lock_guard lock(mutex);
     return done;
   }
 
-  // Runs `complete`, if there is one and the operation is not over. Without `block` it returns
+  // Runs `drive_fn`, if there is one and the operation is not over. Without `block` it returns
   // at once, also when another thread is running it.
   void drive(bool block) noexcept {
-    std::unique_lock lock(complete_mutex, std::defer_lock);
+    std::unique_lock lock(drive_mutex, std::defer_lock);
     if (block) {
       lock.lock();
     } else if (!lock.try_lock()) {
       return;
     }
-    if (!complete) return;
-    complete(*this, block);
-    if (is_done()) complete = nullptr;
+    if (drive_fn == nullptr) return;
+    drive_fn(*this, block);
+    if (is_done()) drive_fn = nullptr;
   }
 };
 
@@ -83,7 +90,8 @@ class PostedRequests {
 
   // Called from the group's thread only. Whenever the list has doubled, forgets those that are
   // over and looks again at those whose Request is gone (no one else will), so sends never
-  // waited on do not pile up; the doubling keeps that at a constant cost per operation.
+  // waited on do not pile up; the doubling keeps that at a constant cost per operation, and the
+  // list's memory stays as large as the most operations ever pending at once.
   void add(std::shared_ptr<RequestState> request) {
     if (list_.size() >= prune_at_) {
       std::erase_if(list_, [](const std::shared_ptr<RequestState>& r) {
@@ -112,14 +120,23 @@ class PostedRequests {
 /// returns. Destroying a Request does not cancel the operation: it still runs (the group's
 /// destructor waits for it).
 ///
+/// Cost: each asynchronous call allocates the Request's shared state, once (and, for
+/// `all_reduce_async` with a user functor that has state, a copy of the functor); the operation
+/// itself allocates no more than its synchronous form.
+///
+/// Thread safety: one Request may be waited on from one thread at a time; different Requests of
+/// one group may be waited on from different threads.
+///
 ///   auto pending = world.all_sum_async(gradients);
 ///   compute_something_else();
 ///   pending.wait();  // throws collie::Error if the operation failed
 class Request {
  public:
+  /// A Request with no operation: `ready()` is true and `wait()` returns at once.
   Request() = default;
 
-  /// True once the operation has finished (successfully or not). Never blocks.
+  /// True once the operation has finished (successfully or not). Never blocks; for a send or
+  /// receive it also moves the operation along.
   bool ready() const {
     if (!state_) return true;
     state_->drive(false);
@@ -150,7 +167,9 @@ class Request {
     return state_->message;
   }
 
-  explicit Request(std::shared_ptr<detail::RequestState> state) : state_(std::move(state)) {}
+  /// For the cores that start operations; not for users.
+  explicit Request(std::shared_ptr<detail::RequestState> state) noexcept
+      : state_(std::move(state)) {}
 
  private:
   std::shared_ptr<detail::RequestState> state_;

@@ -2,132 +2,171 @@
 // `collie::init()` (or the caller) chose, among the pairs compiled into this build.
 #pragma once
 
+#include <cstddef>
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
-#include <string_view>
 #include <system_error>
 #include <type_traits>
 #include <utility>
 #include <variant>
 
+#include "collie/core/basic_collective.hpp"
 #include "collie/core/collective.hpp"
 #include "collie/core/request.hpp"
 #include "collie/runtime/enabled.hpp"
 
 namespace collie {
 
-/// A group of ranks and every collective operation on it, chosen at run time.
-///
-/// A Group holds one of the `EnabledCollectives` (a `std::variant`); each operation is a single
-/// `std::visit` into the typed `Collective`, so there is no virtual call and no allocation per
-/// message. The operations, their costs, error forms and threading rules are those of
-/// `collie::Collective` (collective.hpp); Group forwards every one of them:
-///
-///   rank(), size(), backend(), name(), split(color, key)
-///   all_sum / all_prod / all_max / all_min (data) or (in, out), all_reduce(data[, out], op),
-///   all_gather(in, out), sum_scatter(in, out), reduce_scatter(in, out, op),
-///   broadcast(data, root), all_to_all(in, out), barrier(), send(data, dst), recv(data, src),
-///   all_sum_fused(buffers), and the *_async forms returning a collie::Request;
-///   each also with a trailing std::error_code& that makes it non-throwing.
-///
-/// Copies of a Group share the same connections (like MLX's Group, it is a shared handle).
-///
-///   collie::Group world = collie::init();
-///   std::vector<float> x(10, 1.0f);
-///   world.all_sum(x);
-class Group {
+namespace detail {
+
+// The core of a Group: a `std::variant` over every enabled `Collective<T, A>`, shared by the
+// copies of the Group. Each byte-level operation is one `std::visit` into the typed collective's
+// own core: the element type and the op are already erased, so the visit costs the same for
+// every type, and no operation makes a virtual call or allocates.
+class RuntimeCore {
  public:
-  using Variant = typename detail::VariantOf<EnabledCollectives>::type;
+  using Variant = typename VariantOf<EnabledCollectives>::type;
+  using Bytes = std::span<const std::byte>;
+  using MutableBytes = std::span<std::byte>;
 
-  /// Wraps a typed collective; `backend` is the name `backend()` reports ("ring", "inproc", ...).
-  template <class T, class A>
-    requires std::is_constructible_v<Variant, Collective<T, A>&&>
-  Group(Collective<T, A> collective, std::string backend)
-      : impl_(std::make_shared<Impl>(Impl{Variant(std::move(collective)), std::move(backend)})) {}
+ private:
+  struct Impl {
+    template <class C>
+    Impl(C&& c, std::string b)
+        : collective(std::forward<C>(c)), backend(std::move(b)),
+          rank(std::get<std::decay_t<C>>(collective).rank()),
+          size(std::get<std::decay_t<C>>(collective).size()),
+          name(std::get<std::decay_t<C>>(collective).name()) {}
+    Variant collective;
+    std::string backend;
+    int rank;
+    int size;
+    std::string name;
+    FuseSpace fuse;
+  };
 
-  int rank() const noexcept {
-    return std::visit([](const auto& c) { return c.rank(); }, impl_->collective);
+  // The variant is never valueless (nothing replaces its value), so the visit cannot throw.
+  template <class F>
+  decltype(auto) visit(F&& f) const noexcept {
+    return std::visit(std::forward<F>(f), impl_->collective);
   }
-  int size() const noexcept {
-    return std::visit([](const auto& c) { return c.size(); }, impl_->collective);
-  }
-  /// The backend name: "ring", "jaccl", "mpi", "nccl", "inproc" or "singleton".
+
+ public:
+
+  template <class C>
+    requires std::is_constructible_v<Variant, C&&>
+  RuntimeCore(C collective, std::string backend)
+      : impl_(std::make_shared<Impl>(std::move(collective), std::move(backend))) {}
+
+  int rank() const noexcept { return impl_->rank; }
+  int size() const noexcept { return impl_->size; }
+  const std::string& name() const noexcept { return impl_->name; }
   const std::string& backend() const noexcept { return impl_->backend; }
-  /// The policies behind it, "transport/algorithm" (e.g. "inproc/ring").
-  std::string name() const {
-    return std::visit([](const auto& c) { return c.name(); }, impl_->collective);
+  const Options& options() const noexcept {
+    return visit([](auto& c) -> const Options& { return c.options(); });
   }
+  FuseSpace& fuse_space() noexcept { return impl_->fuse; }
 
-  /// The typed collective, when the caller knows (or tests) which one it is.
   template <class C>
   C* get_if() noexcept {
     return std::get_if<C>(&impl_->collective);
   }
 
-  /// Sub-groups with MPI_Comm_split semantics; see `Collective::split`.
-  Group split(int color, int key = -1) {
-    return std::visit([&](auto& c) { return Group(c.split(color, key), impl_->backend); },
-                      impl_->collective);
+  std::error_code all_reduce(Bytes in, MutableBytes out, const Reduction& r) noexcept {
+    return visit([&](auto& c) { return c.core().all_reduce(in, out, r); });
   }
-  std::optional<Group> split(int color, int key, std::error_code& ec) noexcept {
-    return std::visit(
-        [&](auto& c) -> std::optional<Group> {
-          auto sub = c.split(color, key, ec);
-          if (!sub) return std::nullopt;
-          try {
-            return Group(std::move(*sub), impl_->backend);
-          } catch (const std::bad_alloc&) {
-            ec = std::make_error_code(std::errc::not_enough_memory);
-            return std::nullopt;
-          }
-        },
-        impl_->collective);
+  std::error_code reduce_scatter(Bytes in, MutableBytes out, const Reduction& r) noexcept {
+    return visit([&](auto& c) { return c.core().reduce_scatter(in, out, r); });
   }
-
-  /// The full message of the most recent failed call made on this thread.
-  static const std::string& last_error() noexcept { return detail::last_error_message; }
-
-#define COLLIE_DETAIL_FORWARD(NAME)                                                        \
-  template <class... Args>                                                                 \
-  decltype(auto) NAME(Args&&... args) {                                                    \
-    return std::visit(                                                                     \
-        [&](auto& c) -> decltype(auto) { return c.NAME(std::forward<Args>(args)...); },    \
-        impl_->collective);                                                                \
+  std::error_code all_gather(Bytes in, MutableBytes out) noexcept {
+    return visit([&](auto& c) { return c.core().all_gather(in, out); });
+  }
+  std::error_code broadcast(MutableBytes data, int root) noexcept {
+    return visit([&](auto& c) { return c.core().broadcast(data, root); });
+  }
+  std::error_code all_to_all(Bytes in, MutableBytes out) noexcept {
+    return visit([&](auto& c) { return c.core().all_to_all(in, out); });
+  }
+  std::error_code barrier() noexcept {
+    return visit([&](auto& c) { return c.core().barrier(); });
+  }
+  std::error_code send(Bytes data, int dst) noexcept {
+    return visit([&](auto& c) { return c.core().send(data, dst); });
+  }
+  std::error_code recv(MutableBytes data, int src) noexcept {
+    return visit([&](auto& c) { return c.core().recv(data, src); });
   }
 
-  COLLIE_DETAIL_FORWARD(all_sum)
-  COLLIE_DETAIL_FORWARD(all_prod)
-  COLLIE_DETAIL_FORWARD(all_max)
-  COLLIE_DETAIL_FORWARD(all_min)
-  COLLIE_DETAIL_FORWARD(all_reduce)
-  COLLIE_DETAIL_FORWARD(all_sum_async)
-  COLLIE_DETAIL_FORWARD(all_prod_async)
-  COLLIE_DETAIL_FORWARD(all_max_async)
-  COLLIE_DETAIL_FORWARD(all_min_async)
-  COLLIE_DETAIL_FORWARD(all_reduce_async)
-  COLLIE_DETAIL_FORWARD(all_sum_fused)
-  COLLIE_DETAIL_FORWARD(all_gather)
-  COLLIE_DETAIL_FORWARD(all_gather_async)
-  COLLIE_DETAIL_FORWARD(sum_scatter)
-  COLLIE_DETAIL_FORWARD(sum_scatter_async)
-  COLLIE_DETAIL_FORWARD(reduce_scatter)
-  COLLIE_DETAIL_FORWARD(broadcast)
-  COLLIE_DETAIL_FORWARD(broadcast_async)
-  COLLIE_DETAIL_FORWARD(all_to_all)
-  COLLIE_DETAIL_FORWARD(barrier)
-  COLLIE_DETAIL_FORWARD(send)
-  COLLIE_DETAIL_FORWARD(send_async)
-  COLLIE_DETAIL_FORWARD(recv)
-  COLLIE_DETAIL_FORWARD(recv_async)
-#undef COLLIE_DETAIL_FORWARD
+  Request all_reduce_async(Bytes in, MutableBytes out, const Reduction& r,
+                           std::shared_ptr<const void> keep) {
+    return visit([&](auto& c) { return c.core().all_reduce_async(in, out, r, std::move(keep)); });
+  }
+  Request reduce_scatter_async(Bytes in, MutableBytes out, const Reduction& r,
+                               std::shared_ptr<const void> keep) {
+    return visit(
+        [&](auto& c) { return c.core().reduce_scatter_async(in, out, r, std::move(keep)); });
+  }
+  Request all_gather_async(Bytes in, MutableBytes out) {
+    return visit([&](auto& c) { return c.core().all_gather_async(in, out); });
+  }
+  Request broadcast_async(MutableBytes data, int root) {
+    return visit([&](auto& c) { return c.core().broadcast_async(data, root); });
+  }
+  Request all_to_all_async(Bytes in, MutableBytes out) {
+    return visit([&](auto& c) { return c.core().all_to_all_async(in, out); });
+  }
+  Request barrier_async() {
+    return visit([&](auto& c) { return c.core().barrier_async(); });
+  }
+  Request send_async(Bytes data, int dst) {
+    return visit([&](auto& c) { return c.core().send_async(data, dst); });
+  }
+  Request recv_async(MutableBytes data, int src) {
+    return visit([&](auto& c) { return c.core().recv_async(data, src); });
+  }
+
+  std::optional<RuntimeCore> split(int color, int key, std::error_code& ec) noexcept {
+    return visit([&](auto& c) -> std::optional<RuntimeCore> {
+      auto sub = c.split(color, key, ec);
+      if (!sub) return std::nullopt;
+      try {
+        return RuntimeCore(std::move(*sub), impl_->backend);
+      } catch (const std::bad_alloc&) {
+        ec = std::make_error_code(std::errc::not_enough_memory);
+        return std::nullopt;
+      }
+    });
+  }
 
  private:
-  struct Impl {
-    Variant collective;
-    std::string backend;
-  };
   std::shared_ptr<Impl> impl_;
 };
+
+}  // namespace detail
+
+/// A group of ranks and every collective operation on it, chosen at run time: the group
+/// `collie::init()` returns.
+///
+/// A Group holds one of the `EnabledCollectives` — `Collective<T, A>` for every transport and
+/// algorithm compiled into this build — and has the whole operation set of `BasicCollective`
+/// (basic_collective.hpp): reductions, all-gather, reduce-scatter, broadcast, all-to-all,
+/// barrier, send/recv, their asynchronous and fused forms, and `split`. Each operation checks
+/// its arguments once, erases the element type and op, and makes a single `std::visit` into the
+/// typed collective: no virtual call and no allocation per message.
+///
+/// Beyond the operations: `backend()` names the backend that made it ("ring", "inproc",
+/// "singleton", ...), `name()` the policies ("tcp/ring"), and `get_if<Collective<T, A>>()` gives
+/// the typed collective behind it.
+///
+/// Copies of a Group share the same connections (like MLX's Group, it is a shared handle); the
+/// group closes when its last copy goes.
+///
+///   collie::Group world = collie::init();
+///   std::vector<float> x(10, 1.0f);
+///   world.all_sum(x);
+///   collie::Group half = world.split(world.rank() % 2);
+using Group = BasicCollective<detail::RuntimeCore>;
 
 }  // namespace collie

@@ -8,7 +8,6 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
-#include <deque>
 #include <memory>
 #include <mutex>
 #include <span>
@@ -28,7 +27,8 @@ namespace detail::inproc {
 
 struct Fabric;
 
-// One posted send or receive. Heap-allocated so that it stays put while queued, whatever the
+// One posted send or receive. Ops come from a free list of the fabric and go back to it, so
+// steady traffic allocates nothing per message; an op stays put while queued, whatever the
 // caller does with the `Request` handle that owns it.
 struct Op {
   Fabric* fabric = nullptr;
@@ -41,19 +41,48 @@ struct Op {
   const std::byte* send_data = nullptr;
   std::byte* recv_data = nullptr;
   std::size_t bytes = 0;
-  // Guarded by the mailbox mutex of `dst`: true while the op sits in a queue, unmatched.
+  // Guarded by the mailbox mutex of `dst`: true while the op sits in a queue, unmatched; its
+  // neighbours there (or in the free list, `next` only).
   bool queued = false;
+  Op* prev = nullptr;
+  Op* next = nullptr;
   // Guarded by the doorbell mutex of `owner`.
   bool done = false;
   std::error_code result;
+};
+
+// Ops in posting order, linked through the ops themselves (no allocation to queue one).
+struct OpQueue {
+  Op* head = nullptr;
+  Op* tail = nullptr;
+
+  void push_back(Op* op) noexcept {
+    op->prev = tail;
+    op->next = nullptr;
+    (tail != nullptr ? tail->next : head) = op;
+    tail = op;
+  }
+  void erase(Op* op) noexcept {
+    (op->prev != nullptr ? op->prev->next : head) = op->next;
+    (op->next != nullptr ? op->next->prev : tail) = op->prev;
+    op->prev = op->next = nullptr;
+  }
+  // The first op that matches, or null.
+  template <class Match>
+  Op* find(Match&& match) const noexcept {
+    for (Op* op = head; op != nullptr; op = op->next) {
+      if (match(*op)) return op;
+    }
+    return nullptr;
+  }
 };
 
 // Everything that matches at rank `dst`: sends addressed to it and receives it posted, each
 // queue in posting order so that equal keys match first-in, first-out.
 struct Mailbox {
   std::mutex mutex;
-  std::deque<Op*> sends;
-  std::deque<Op*> receives;
+  OpQueue sends;
+  OpQueue receives;
 };
 
 // Where a rank sleeps while it waits; completing one of its ops rings it.
@@ -77,6 +106,9 @@ struct Fabric {
   // survivor two hops away still names the rank that died first. Guarded by `reasons_mutex`.
   std::mutex reasons_mutex;
   std::vector<std::string> reasons = std::vector<std::string>(static_cast<std::size_t>(size));
+  std::mutex pool_mutex;
+  std::vector<std::unique_ptr<Op[]>> pool;
+  Op* free_ops = nullptr;
 
   static bool matches(const Op& a, const Op& b) noexcept {
     return a.src == b.src && a.context == b.context && a.tag == b.tag;
@@ -111,13 +143,11 @@ struct Fabric {
     Op* partner = nullptr;
     {
       std::lock_guard lock(box.mutex);
-      auto& others = op.is_send ? box.receives : box.sends;
-      const auto it = std::find_if(others.begin(), others.end(),
-                                   [&](const Op* other) { return matches(op, *other); });
-      if (it != others.end()) {
-        partner = *it;
+      OpQueue& others = op.is_send ? box.receives : box.sends;
+      partner = others.find([&](const Op& other) { return matches(op, other); });
+      if (partner != nullptr) {
         partner->queued = false;
-        others.erase(it);
+        others.erase(partner);
       } else {
         (op.is_send ? box.sends : box.receives).push_back(&op);
         op.queued = true;
@@ -135,8 +165,7 @@ struct Fabric {
     {
       std::lock_guard lock(box.mutex);
       if (op.queued) {
-        auto& queue = op.is_send ? box.sends : box.receives;
-        queue.erase(std::find(queue.begin(), queue.end(), &op));
+        (op.is_send ? box.sends : box.receives).erase(&op);
         op.queued = false;
         std::lock_guard bell_lock(doorbells[static_cast<std::size_t>(op.owner)].mutex);
         op.done = true;
@@ -147,6 +176,32 @@ struct Fabric {
     Doorbell& bell = doorbells[static_cast<std::size_t>(op.owner)];
     std::unique_lock lock(bell.mutex);
     bell.cv.wait(lock, [&] { return op.done; });
+  }
+
+  // A cleared op from the free list (null when memory runs out).
+  Op* acquire() noexcept {
+    std::lock_guard lock(pool_mutex);
+    if (free_ops == nullptr) {
+      try {
+        pool.push_back(std::make_unique<Op[]>(64));
+      } catch (...) {
+        return nullptr;
+      }
+      for (int i = 0; i < 64; ++i) {
+        pool.back()[i].next = free_ops;
+        free_ops = &pool.back()[i];
+      }
+    }
+    Op* op = free_ops;
+    free_ops = op->next;
+    *op = Op{};
+    return op;
+  }
+
+  void recycle(Op* op) noexcept {
+    std::lock_guard lock(pool_mutex);
+    op->next = free_ops;
+    free_ops = op;
   }
 
   void kill(int rank, std::string_view reason = {}) noexcept {
@@ -209,11 +264,11 @@ class InProcessTransport {
   class Request {
    public:
     Request() = default;
-    Request(Request&&) noexcept = default;
+    Request(Request&& other) noexcept : op_(std::exchange(other.op_, nullptr)) {}
     Request& operator=(Request&& other) noexcept {
       if (this != &other) {
         release();
-        op_ = std::move(other.op_);
+        op_ = std::exchange(other.op_, nullptr);
       }
       return *this;
     }
@@ -221,12 +276,19 @@ class InProcessTransport {
 
    private:
     friend class InProcessTransport;
-    explicit Request(std::unique_ptr<detail::inproc::Op> op) : op_(std::move(op)) {}
+    explicit Request(detail::inproc::Op* op) noexcept : op_(op) {}
     void release() noexcept {
-      if (op_) op_->fabric->withdraw(*op_);
-      op_.reset();
+      if (op_ == nullptr) return;
+      op_->fabric->withdraw(*op_);
+      op_->fabric->recycle(op_);
+      op_ = nullptr;
     }
-    std::unique_ptr<detail::inproc::Op> op_;
+    // Back to the free list, once over.
+    void finished() noexcept {
+      op_->fabric->recycle(op_);
+      op_ = nullptr;
+    }
+    detail::inproc::Op* op_ = nullptr;
   };
 
   int rank() const noexcept { return rank_; }
@@ -241,7 +303,7 @@ class InProcessTransport {
   }
 
   std::error_code wait(Request& request, Deadline deadline) noexcept {
-    auto* op = request.op_.get();
+    auto* op = request.op_;
     if (op == nullptr) return errc::aborted;  // never posted, or already waited on
     const int peer = op->is_send ? op->dst : op->src;
     auto& bell = fabric_->doorbells[static_cast<std::size_t>(op->owner)];
@@ -258,14 +320,14 @@ class InProcessTransport {
     }
     if (finished) {
       const auto result = op->result;
-      request.op_.reset();
+      request.finished();
       return result;
     }
     if (fabric_->dead[peer].load()) {
       // The peer died: withdraw, unless its copy already went through.
       fabric_->withdraw(*op);
       const bool delivered = !op->result;
-      request.op_.reset();
+      request.finished();
       return delivered ? std::error_code{} : std::error_code(errc::connection_lost);
     }
     return errc::timed_out;  // still posted: the caller waits again or cancels
@@ -318,8 +380,8 @@ class InProcessTransport {
 
   Request post(bool is_send, int peer, Tag tag, const std::byte* send_data, std::byte* recv_data,
                std::size_t bytes) noexcept {
-    auto op = std::unique_ptr<detail::inproc::Op>(new (std::nothrow) detail::inproc::Op);
-    if (!op) return Request();  // wait() reports errc::aborted
+    detail::inproc::Op* op = fabric_->acquire();
+    if (op == nullptr) return Request();  // wait() reports errc::aborted
     const int me = world_rank();
     const int other = (*members_)[static_cast<std::size_t>(peer)];
     op->fabric = fabric_.get();
@@ -333,7 +395,7 @@ class InProcessTransport {
     op->recv_data = recv_data;
     op->bytes = bytes;
     fabric_->post(*op);
-    return Request(std::move(op));
+    return Request(op);
   }
 
   std::shared_ptr<detail::inproc::Fabric> fabric_;

@@ -12,7 +12,7 @@
 #include <string_view>
 #include <system_error>
 
-#include "collie/algorithm/detail/requests.hpp"
+#include "collie/core/detail/requests.hpp"
 #include "collie/core/call.hpp"
 #include "collie/core/concepts.hpp"
 

@@ -9,7 +9,7 @@
 #include <system_error>
 
 #include "collie/algorithm/detail/power_of_two.hpp"
-#include "collie/algorithm/detail/requests.hpp"
+#include "collie/core/detail/requests.hpp"
 #include "collie/core/call.hpp"
 #include "collie/core/concepts.hpp"
 

@@ -12,7 +12,7 @@
 #include <utility>
 
 #include "collie/algorithm/detail/power_of_two.hpp"
-#include "collie/algorithm/detail/requests.hpp"
+#include "collie/core/detail/requests.hpp"
 #include "collie/core/call.hpp"
 #include "collie/core/concepts.hpp"
 

@@ -8,7 +8,7 @@
 #include <system_error>
 #include <utility>
 
-#include "collie/algorithm/detail/requests.hpp"
+#include "collie/core/detail/requests.hpp"
 #include "collie/core/call.hpp"
 #include "collie/core/concepts.hpp"
 

@@ -8,9 +8,8 @@
 #include <cstdint>
 #include <span>
 #include <system_error>
-#include <vector>
 
-#include "collie/algorithm/detail/requests.hpp"
+#include "collie/core/detail/requests.hpp"
 #include "collie/core/call.hpp"
 #include "collie/core/concepts.hpp"
 
@@ -131,8 +130,11 @@ std::error_code run_ring(T& t, Call& call, const RingGeometry& geo, RingMode mod
   constexpr std::size_t none = ~std::size_t{0};
   // Request ids per step and lane, so a step's sends can be waited on before their memory is
   // overwritten, and a lane's receive can be waited on in order.
-  std::vector<std::size_t> send_ids(static_cast<std::size_t>(geo.steps()) * lanes, none);
-  std::vector<std::size_t> recv_ids(static_cast<std::size_t>(geo.steps()) * lanes, none);
+  const std::size_t ids = static_cast<std::size_t>(geo.steps()) * lanes;
+  const auto send_ids = call.array<std::size_t>(ids);
+  const auto recv_ids = call.array<std::size_t>(ids);
+  std::fill(send_ids.begin(), send_ids.end(), none);
+  std::fill(recv_ids.begin(), recv_ids.end(), none);
   auto at = [&](int g, std::size_t lane) { return static_cast<std::size_t>(g) * lanes + lane; };
   auto phase = [&](int g) { return g < p - 1 ? "reduce-scatter" : "all-gather"; };
   auto phase_step = [&](int g) { return g < p - 1 ? g : g - (p - 1); };

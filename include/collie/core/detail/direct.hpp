@@ -1,15 +1,14 @@
-// Direct exchanges: every rank talks to every other rank in one round. They are the Mesh
-// algorithm, and the building blocks `Collective` falls back on for collectives an algorithm
-// leaves out (broadcast, all_to_all, ...).
+// Direct exchanges: every rank talks to every other rank in one round. They are what a
+// `Collective` composes for the collectives an algorithm leaves out (broadcast, all_to_all, ...),
+// and the Mesh algorithm is made of them.
 #pragma once
 
 #include <cstddef>
 #include <cstring>
 #include <span>
 #include <system_error>
-#include <vector>
 
-#include "collie/algorithm/detail/requests.hpp"
+#include "collie/core/detail/requests.hpp"
 #include "collie/core/call.hpp"
 #include "collie/core/concepts.hpp"
 
@@ -58,7 +57,7 @@ std::error_code direct_reduce_scatter(T& t, Call& call, std::span<const std::byt
     requests.send(peer, call.tag(0), in.subspan(block.begin, block.count), "reduce-scatter");
   }
   if (auto ec = requests.wait_all()) return ec;
-  std::vector<const std::byte*> sources(static_cast<std::size_t>(p));
+  const auto sources = call.array<const std::byte*>(static_cast<std::size_t>(p));
   for (int i = 0; i < p - 1; ++i) {
     sources[static_cast<std::size_t>(peer_at(r, p, i))] =
         staging.data() + static_cast<std::size_t>(i) * slot;
@@ -123,7 +122,7 @@ std::error_code direct_all_reduce(T& t, Call& call, std::span<std::byte> data,
     requests.send(peer_at(r, p, i), call.tag(0), data, "exchange");
   }
   if (auto ec = requests.wait_all()) return ec;
-  std::vector<const std::byte*> sources(static_cast<std::size_t>(p));
+  const auto sources = call.array<const std::byte*>(static_cast<std::size_t>(p));
   for (int i = 0; i < p - 1; ++i) {
     sources[static_cast<std::size_t>(peer_at(r, p, i))] =
         staging.data() + static_cast<std::size_t>(i) * bytes;
