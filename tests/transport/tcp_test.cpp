@@ -295,17 +295,6 @@ TEST_CASE("a congestion control the system does not offer fails the set-up, nami
   CHECK(m.find("tcp_allowed_congestion_control") != std::string::npos);
 }
 
-TEST_CASE("ring and mesh collectives run over TCP with 1 and 2 connections per neighbour") {
-  for (int p : {2, 3, 4}) {
-    for (int k : {1, 2}) {
-      CAPTURE(p);
-      CAPTURE(k);
-      check_collectives<Ring>(p, k);
-      check_collectives<Mesh>(p, k);
-    }
-  }
-}
-
 TEST_CASE("whether waits spin long or never (COLLIE_SPIN_US), ring and mesh results stay right") {
   for (auto spin : {std::chrono::microseconds(0), std::chrono::microseconds(200ms)}) {
     for (int p : {2, 3}) {

@@ -93,6 +93,7 @@ class PostedRequests {
   // waited on do not pile up; the doubling keeps that at a constant cost per operation, and the
   // list's memory stays as large as the most operations ever pending at once.
   void add(std::shared_ptr<RequestState> request) {
+    if (list_.capacity() == 0) list_.reserve(2 * prune_at_);
     if (list_.size() >= prune_at_) {
       std::erase_if(list_, [](const std::shared_ptr<RequestState>& r) {
         if (r.use_count() == 1) r->drive(false);

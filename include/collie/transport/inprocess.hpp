@@ -19,6 +19,7 @@
 
 #include "collie/core/concepts.hpp"
 #include "collie/core/deadline.hpp"
+#include "collie/core/detail/chain.hpp"
 #include "collie/core/error.hpp"
 
 namespace collie {
@@ -42,47 +43,21 @@ struct Op {
   std::byte* recv_data = nullptr;
   std::size_t bytes = 0;
   // Guarded by the mailbox mutex of `dst`: true while the op sits in a queue, unmatched; its
-  // neighbours there (or in the free list, `next` only).
+  // neighbours there (in the free list, `chain_next` only).
   bool queued = false;
-  Op* prev = nullptr;
-  Op* next = nullptr;
+  Op* chain_prev = nullptr;
+  Op* chain_next = nullptr;
   // Guarded by the doorbell mutex of `owner`.
   bool done = false;
   std::error_code result;
-};
-
-// Ops in posting order, linked through the ops themselves (no allocation to queue one).
-struct OpQueue {
-  Op* head = nullptr;
-  Op* tail = nullptr;
-
-  void push_back(Op* op) noexcept {
-    op->prev = tail;
-    op->next = nullptr;
-    (tail != nullptr ? tail->next : head) = op;
-    tail = op;
-  }
-  void erase(Op* op) noexcept {
-    (op->prev != nullptr ? op->prev->next : head) = op->next;
-    (op->next != nullptr ? op->next->prev : tail) = op->prev;
-    op->prev = op->next = nullptr;
-  }
-  // The first op that matches, or null.
-  template <class Match>
-  Op* find(Match&& match) const noexcept {
-    for (Op* op = head; op != nullptr; op = op->next) {
-      if (match(*op)) return op;
-    }
-    return nullptr;
-  }
 };
 
 // Everything that matches at rank `dst`: sends addressed to it and receives it posted, each
 // queue in posting order so that equal keys match first-in, first-out.
 struct Mailbox {
   std::mutex mutex;
-  OpQueue sends;
-  OpQueue receives;
+  Chain<Op> sends;
+  Chain<Op> receives;
 };
 
 // Where a rank sleeps while it waits; completing one of its ops rings it.
@@ -143,7 +118,7 @@ struct Fabric {
     Op* partner = nullptr;
     {
       std::lock_guard lock(box.mutex);
-      OpQueue& others = op.is_send ? box.receives : box.sends;
+      Chain<Op>& others = op.is_send ? box.receives : box.sends;
       partner = others.find([&](const Op& other) { return matches(op, other); });
       if (partner != nullptr) {
         partner->queued = false;
@@ -188,19 +163,19 @@ struct Fabric {
         return nullptr;
       }
       for (int i = 0; i < 64; ++i) {
-        pool.back()[i].next = free_ops;
+        pool.back()[i].chain_next = free_ops;
         free_ops = &pool.back()[i];
       }
     }
     Op* op = free_ops;
-    free_ops = op->next;
+    free_ops = op->chain_next;
     *op = Op{};
     return op;
   }
 
   void recycle(Op* op) noexcept {
     std::lock_guard lock(pool_mutex);
-    op->next = free_ops;
+    op->chain_next = free_ops;
     free_ops = op;
   }
 

@@ -16,7 +16,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <deque>
 #include <functional>
 #include <list>
 #include <memory>
@@ -36,6 +35,7 @@
 
 #include "collie/core/call.hpp"
 #include "collie/core/deadline.hpp"
+#include "collie/core/detail/chain.hpp"
 #include "collie/core/error.hpp"
 #include "collie/transport/detail/tcp/wire.hpp"
 #include "collie/transport/tcp_config.hpp"
@@ -71,6 +71,8 @@ struct Op {
   Connection* connection = nullptr;  // the connection moving it while active
   Bytes<Header::size> header{};      // sends: the encoded header, kept alive for the write
   Op* next_free = nullptr;
+  Op* chain_prev = nullptr;  // in a queue of its peer or connection (at most one at a time)
+  Op* chain_next = nullptr;
 };
 
 // A message that arrived before its receive was posted: kept until a receive claims it. Its
@@ -94,7 +96,7 @@ struct Connection {
   int peer = -1;
   int index = 0;
   std::string address;          // the remote "ip:port", for messages
-  std::deque<Op*> send_queue;   // front is being written while `writing`
+  Chain<Op> send_queue;         // front is being written while `writing`
   bool writing = false;
   // The read side, touched only by the thread running the event loop (see Engine::pump): what
   // the stream carries next, and bytes already read that belong to it.
@@ -129,8 +131,8 @@ struct Peer {
   Status status = Status::unconnected;
   std::vector<Connection*> connections;  // established, handshake done; those this rank made first
   std::size_t made = 0;                  // how many of `connections` this rank made
-  std::deque<Op*> waiting_sends;         // posted before any connection existed
-  std::deque<Op*> receives;              // posted, unmatched, in posting order
+  Chain<Op> waiting_sends;               // posted before any connection existed
+  Chain<Op> receives;                    // posted, unmatched, in posting order
   std::list<Unexpected> unexpected;      // arrived, unclaimed, in arrival order
   std::size_t unexpected_bytes = 0;      // their sizes, summed
   std::error_code failure;
@@ -309,10 +311,9 @@ class Engine {
     std::unique_lock lock(mutex_);
     if (op->state == Op::State::queued) {
       Peer& p = peers_[static_cast<std::size_t>(op->peer)];
-      auto drop = [&](std::deque<Op*>& q) {
-        auto it = std::find(q.begin(), q.end(), op);
-        if (it == q.end()) return false;
-        q.erase(it);
+      auto drop = [&](Chain<Op>& q) {
+        if (!q.contains(op)) return false;
+        q.erase(op);
         return true;
       };
       bool found = drop(p.waiting_sends) || drop(p.receives);
@@ -854,11 +855,7 @@ class Engine {
         p.status = Peer::Status::ready;
       }
       // Sends posted before the connection existed go out now, in posting order.
-      while (!p.waiting_sends.empty()) {
-        Op* op = p.waiting_sends.front();
-        p.waiting_sends.pop_front();
-        enqueue_send(*op);
-      }
+      while (Op* op = p.waiting_sends.pop_front()) enqueue_send(*op);
     }
     cv_.notify_all();
     pump(c);
@@ -904,8 +901,7 @@ class Engine {
         c->writing = false;
         return;
       } else {
-        op = c->send_queue.front();
-        c->send_queue.pop_front();
+        op = c->send_queue.pop_front();
         op->state = Op::State::active;
       }
     }
@@ -1127,23 +1123,21 @@ class Engine {
     {
       std::lock_guard lock(mutex_);
       Peer& p = peers_[static_cast<std::size_t>(c->peer)];
-      auto it = std::find_if(p.receives.begin(), p.receives.end(), [&](const Op* op) {
-        return op->context == h.context && op->tag == h.tag;
-      });
+      Op* const match = p.receives.find(
+          [&](const Op& op) { return op.context == h.context && op.tag == h.tag; });
       if (p.status == Peer::Status::failed) {
         c->reading = Connection::Reading::skip;
-      } else if (it != p.receives.end() && (*it)->bytes == h.bytes) {
-        Op* op = *it;
-        p.receives.erase(it);
+      } else if (match != nullptr && match->bytes == h.bytes) {
+        Op* op = match;
+        p.receives.erase(op);
         op->state = Op::State::active;
         op->connection = c;
         c->reading_into = op;
         c->target = op->recv_data;
-      } else if (it != p.receives.end()) {
+      } else if (match != nullptr) {
         // A size mismatch: the receive fails, the payload is skipped so the stream stays in step.
-        Op* op = *it;
-        p.receives.erase(it);
-        finish(*op, errc::protocol_error);
+        p.receives.erase(match);
+        finish(*match, errc::protocol_error);
         c->reading = Connection::Reading::skip;
       } else if (may_hold && p.receives.empty() &&
                  (p.unexpected_bytes + h.bytes > unexpected_budget ||
@@ -1283,8 +1277,7 @@ class Engine {
         Peer& p = peers_[static_cast<std::size_t>(c->peer)];
         auto it = std::find(p.connections.begin(), p.connections.end(), c);
         if (it != p.connections.end()) {
-          for (Op* op : c->send_queue) finish(*op, errc::connection_lost);
-          c->send_queue.clear();
+          c->send_queue.drain([&](Op& op) { finish(op, errc::connection_lost); });
           if (it - p.connections.begin() < static_cast<std::ptrdiff_t>(p.made)) --p.made;
           p.connections.erase(it);
           std::error_code ignored;
@@ -1313,10 +1306,7 @@ class Engine {
       p.failure = code;
       p.failure_message = why;
       log("lost rank " + std::to_string(peer) + ": " + why);
-      auto fail_all = [&](std::deque<Op*>& q) {
-        for (Op* op : q) finish(*op, code);
-        q.clear();
-      };
+      auto fail_all = [&](Chain<Op>& q) { q.drain([&](Op& op) { finish(op, code); }); };
       fail_all(p.waiting_sends);
       fail_all(p.receives);
       // Messages that arrived whole stay claimable; half-arrived ones are lost. One that a

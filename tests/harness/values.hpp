@@ -1,26 +1,36 @@
-// Test harness for the conformance suite: runs p ranks as threads over the in-process transport
-// and gives them a shared board, so results of all ranks can be compared with each other and with
-// a serial reference computed from the same deterministic inputs.
+// The inputs of the conformance suite: rank and element counts, deterministic pseudo-random values
+// for every element type and op (chosen so that every reduction order gives the same result),
+// a user functor, and the element types the matrix runs over.
 #pragma once
 
-#include <barrier>
-#include <complex>
-#include <cstdint>
-#include <cstring>
-#include <exception>
-#include <functional>
-#include <memory>
+#include <malloc.h>
+
 #include <algorithm>
-#include <mutex>
+#include <array>
+#include <complex>
+#include <cstddef>
+#include <cstdint>
+#include <cstdlib>
+#include <memory>
 #include <string>
-#include <thread>
+#include <string_view>
 #include <tuple>
 #include <type_traits>
 #include <vector>
 
-#include "collie/collie.hpp"
+#include "collie/core/element.hpp"
+#include "collie/core/ops.hpp"
 
 namespace collie::testing {
+
+// The suite allocates and frees buffers of megabytes for every case. With glibc's defaults each
+// is a fresh mapping, whose first touch costs a page fault per 4 KiB: that was a third of the
+// suite's time. Keeping freed memory in the heap makes the next case reuse it.
+inline const bool heap_keeps_large_blocks = [] {
+  mallopt(M_MMAP_THRESHOLD, 1 << 30);
+  mallopt(M_TRIM_THRESHOLD, 1 << 30);
+  return true;
+}();
 
 /// The rank counts and element counts every collective is checked with.
 inline const std::vector<int> rank_counts = {1, 2, 3, 4, 5, 8};
@@ -35,44 +45,6 @@ inline std::size_t large_count() {
 inline std::vector<std::size_t> element_counts(int p) {
   const auto n = static_cast<std::size_t>(p);
   return {0, 1, n - 1 == 0 ? 2 : n - 1, n, n + 1, large_count()};
-}
-
-/// Shared between the rank threads of one run.
-struct Board {
-  explicit Board(int p) : size(p), sync(p), results(static_cast<std::size_t>(p)) {}
-  int size;
-  std::barrier<> sync;
-  std::vector<const void*> results;  // each rank's output of the current case
-  std::mutex mutex;
-  std::vector<std::string> failures;
-
-  void fail(const std::string& what) {
-    std::lock_guard lock(mutex);
-    if (failures.size() < 20) failures.push_back(what);
-  }
-};
-
-/// Runs `fn(collective, board)` on p threads; returns the failures they reported. A rank that
-/// throws reports the exception and is killed, so the others do not wait for it.
-template <class Algorithm, class Fn>
-std::vector<std::string> run_ranks(int p, Fn fn, Options options = {}, Algorithm algorithm = {}) {
-  InProcessWorld world(p);
-  Board board(p);
-  std::vector<std::thread> threads;
-  for (int r = 0; r < p; ++r) {
-    threads.emplace_back([&, r] {
-      try {
-        Collective<InProcessTransport, Algorithm> c(world.transport(r), algorithm, options);
-        fn(c, board);
-      } catch (const std::exception& e) {
-        board.fail("rank " + std::to_string(r) + " threw: " + e.what());
-        world.kill(r);
-        board.sync.arrive_and_drop();
-      }
-    });
-  }
-  for (auto& t : threads) t.join();
-  return board.failures;
 }
 
 /// A buffer of n elements of any element type (std::vector<bool> is not contiguous, so tests
@@ -113,7 +85,7 @@ inline std::uint64_t mix(std::uint64_t a, std::uint64_t b, std::uint64_t c) {
 }
 
 template <class E>
-E from_int(int v) {
+E convert_int(int v) {
   if constexpr (std::is_same_v<E, bool>) {
     return v != 0;
   } else if constexpr (std::is_same_v<E, std::complex<float>>) {
@@ -123,6 +95,18 @@ E from_int(int v) {
   } else {
     return static_cast<E>(v);
   }
+}
+
+/// The small integer `v` (in [-8, 120)) as an E. From a table: the suite converts hundreds of
+/// millions of values, and a 16-bit float conversion costs more than the rest of the case.
+template <class E>
+E from_int(int v) {
+  static const auto table = [] {
+    std::array<E, 128> values{};
+    for (int i = 0; i < 128; ++i) values[static_cast<std::size_t>(i)] = convert_int<E>(i - 8);
+    return values;
+  }();
+  return table[static_cast<std::size_t>(v + 8)];
 }
 
 /// A user functor that is associative and commutative for every element type: xor for integers
