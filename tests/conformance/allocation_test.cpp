@@ -108,7 +108,7 @@ TEST_CASE_TEMPLATE_DEFINE("repeated synchronous operations soon allocate nothing
                 std::vector<int> gathered(1000 * un), part(1000), whole(1000 * un, 1);
                 std::vector<std::int64_t> a2a_in(64 * un), a2a_out(64 * un);
                 std::vector<std::vector<float>> grads(20, std::vector<float>(100, 1.0f));
-                std::vector<std::uint8_t> message(100000);
+                std::vector<std::uint8_t> message(100000), incoming(100000);
                 const auto round = [&] {
                   c.all_sum(small);
                   c.all_max(large);
@@ -123,7 +123,7 @@ TEST_CASE_TEMPLATE_DEFINE("repeated synchronous operations soon allocate nothing
                   if (n > 1) {
                     // A ring of sends: every rank sends to the next and receives from the previous.
                     auto pending = c.send_async(message, (r + 1) % n);
-                    c.recv(message, (r + n - 1) % n);
+                    c.recv(incoming, (r + n - 1) % n);
                     pending.wait();
                   }
                 };
@@ -135,9 +135,9 @@ TEST_CASE_TEMPLATE_DEFINE("repeated synchronous operations soon allocate nothing
                   if (n > 1) {
                     if (r % 2 == 0) {
                       c.send(message, (r + 1) % n);
-                      c.recv(message, (r + n - 1) % n);
+                      c.recv(incoming, (r + n - 1) % n);
                     } else {
-                      c.recv(message, (r + n - 1) % n);
+                      c.recv(incoming, (r + n - 1) % n);
                       c.send(message, (r + 1) % n);
                     }
                   }
