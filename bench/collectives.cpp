@@ -326,31 +326,45 @@ std::vector<std::string> type_names(collie::detail::TypeList<T...>) {
   return {std::string(collie::name(collie::data_type_v<T>))...};
 }
 
-// COLLIE_ALGORITHM (or MLX_ALGORITHM), as collie::init() reads it, for --threads.
-std::string algorithm_from_environment() {
-  for (const char* variable : {"COLLIE_ALGORITHM", "MLX_ALGORITHM"}) {
-    if (const char* value = std::getenv(variable)) return value;
-  }
-  return "ring";
-}
-
+// --threads: the ranks run over the in-process transport, with the algorithm COLLIE_ALGORITHM (or
+// MLX_ALGORITHM) names among the enabled ones (default: the first), its knobs read from the
+// environment as collie::init() reads them.
 int run_threads(const Config& config) {
-  const std::string algorithm = algorithm_from_environment();
-  if (algorithm != "ring" && algorithm != "mesh") {
-    throw UsageError("COLLIE_ALGORITHM=" + algorithm + " is not an algorithm; use ring or mesh");
-  }
+  std::string algorithm;
+  if (auto variable = collie::detail::env("ALGORITHM")) algorithm = variable->value;
   // Every rank computes the same summed #wrong, so rank 0's code stands for all.
   int code = exit_ok;
-  auto body = [&](collie::Group& group) {
-    const int rank_code = run_rank(group, config);
-    if (group.rank() == 0) code = rank_code;
-  };
-  if (algorithm == "mesh") {
-    collie::run_as_threads<collie::Mesh>(config.threads, body);
-  } else {
-    collie::run_as_threads<collie::Ring>(config.threads, body);
+  bool found = false;
+  std::error_code ec;
+  collie::detail::for_each_algorithm<collie::InProcessTransport>([&]<class A>() {
+    if (found || (!algorithm.empty() && A::name != algorithm)) return;
+    found = true;
+    A policy;
+    if (!collie::detail::knobs_from_environment(policy, ec)) return;
+    collie::run_as_threads<A>(
+        config.threads,
+        [&](collie::Group& group) {
+          const int rank_code = run_rank(group, config);
+          if (group.rank() == 0) code = rank_code;
+        },
+        policy);
+  });
+  if (ec) throw UsageError(collie::detail::last_error_message);
+  if (!found) {
+    throw UsageError("COLLIE_ALGORITHM=" + algorithm + " is not an algorithm; use one of: " +
+                     collie::detail::algorithm_names<collie::InProcessTransport>());
   }
   return code;
+}
+
+// --list-algorithms: the algorithms the ring backend can run (COLLIE_ALGORITHM's values), one per
+// line, for bench/compare.py.
+int list_algorithms() {
+#if COLLIE_WITH_TCP
+  collie::detail::for_each_algorithm<collie::TcpTransport>(
+      [&]<class A>() { std::printf("%s\n", std::string(A::name).c_str()); });
+#endif
+  return exit_ok;
 }
 
 // Messages go out as one line each, however the library or CLI11 broke them.
@@ -376,6 +390,9 @@ int main(int argc, char** argv) {
   app.add_flag("--out-of-place", config.out_of_place,
                "time the out-of-place form (default: both forms)");
   app.add_option("--root", config.root, "the broadcast root")->capture_default_str();
+  bool list = false;
+  app.add_flag("--list-algorithms", list,
+               "print the algorithms COLLIE_ALGORITHM may name (one per line) and exit");
   app.add_option("--threads", config.threads,
                  "run this many ranks as threads over the in-process transport instead of the "
                  "ranks the environment describes")
@@ -392,6 +409,7 @@ int main(int argc, char** argv) {
   }
 
   try {
+    if (list) return list_algorithms();
     if (config.threads > 0) return run_threads(config);
     collie::Group world = collie::init();
     return run_rank(world, config);

@@ -28,7 +28,11 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_BIN = REPO / "bazel-out" / "k8-opt" / "bin" / "bench"
 RUN_LOCAL = REPO / "scripts" / "run_local.sh"
 
-CONTENDERS = ("ring", "mesh", "wire", "openmpi-tcp", "openmpi-shm")
+# collie's contenders are the algorithms the collectives driver can run over TCP: the driver lists
+# them (--list-algorithms), so a new algorithm is compared without an edit here. These are the
+# others, and the list until the driver has answered.
+OTHER_CONTENDERS = ("wire", "openmpi-tcp", "openmpi-shm")
+CONTENDERS = ["ring", "mesh", *OTHER_CONTENDERS]
 MPI_CONTENDERS = ("openmpi-tcp", "openmpi-shm")
 # OpenMPI runs a second time with glibc's allocator kept from returning memory to the kernel, so
 # its large buffers are not mapped and unmapped on every call; the comparison keeps the better.
@@ -42,6 +46,7 @@ LEGEND_NAMES = {
     "openmpi-tcp": "OpenMPI TCP (best of plain, +tunables)",
     "openmpi-shm": "OpenMPI shared memory (best of plain, +tunables)",
 }
+EXTRA_COLORS = ("tab:purple", "tab:brown", "tab:pink", "tab:olive", "tab:cyan")
 LINE_STYLES = {
     "ring": dict(color="tab:blue", linestyle="-", marker="o"),
     "mesh": dict(color="tab:orange", linestyle="-", marker="s"),
@@ -115,6 +120,33 @@ def ranks_argument(text):
     return ranks
 
 
+def is_collie(contender):
+    return contender not in OTHER_CONTENDERS
+
+
+def legend_name(contender):
+    return LEGEND_NAMES.get(contender, f"collie {contender}")
+
+
+def line_style(contender):
+    if contender not in LINE_STYLES:
+        extra = [c for c in CONTENDERS if c not in LINE_STYLES or c == contender]
+        color = EXTRA_COLORS[extra.index(contender) % len(EXTRA_COLORS)] if contender in extra else "k"
+        LINE_STYLES[contender] = dict(color=color, linestyle="-", marker="d")
+    return LINE_STYLES[contender]
+
+
+def discover_algorithms(bin_dir):
+    """The algorithms `collectives --list-algorithms` names, or None if it cannot tell."""
+    try:
+        out = subprocess.run([str(Path(bin_dir) / "collectives"), "--list-algorithms"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    names = [line.strip() for line in out.stdout.splitlines() if line.strip()]
+    return names if out.returncode == 0 and names else None
+
+
 def contenders_argument(text):
     names = [part.strip() for part in text.split(",") if part.strip()]
     unknown = [name for name in names if name not in CONTENDERS]
@@ -154,7 +186,7 @@ def command_for(variant, ranks, settings, json_path):
                  "--in-place" if settings["in_place"] else "--out-of-place"]
     env = dict(os.environ)
     launch = [str(RUN_LOCAL), str(ranks), "--connections", str(settings["connections"])]
-    if contender in ("ring", "mesh"):
+    if is_collie(contender):
         env["COLLIE_ALGORITHM"] = contender
         return launch + [str(bin_dir / "collectives")] + operation + sweep, env
     if contender == "wire":
@@ -173,8 +205,9 @@ def command_for(variant, ranks, settings, json_path):
 
 
 def binary_of(contender):
-    return {"ring": "collectives", "mesh": "collectives", "wire": "wire_probe"}.get(
-        contender, "mpi_collectives")
+    if is_collie(contender):
+        return "collectives"
+    return "wire_probe" if contender == "wire" else "mpi_collectives"
 
 
 # --- running --------------------------------------------------------------------------------------
@@ -266,7 +299,7 @@ def run_sweep(settings, out_dir, timeout_s):
                     "ranks": ranks, "repeat": repeat + 1, "variant": variant,
                     "contender": contender_of(variant), "command": shlex.join(command),
                     "collie_algorithm": env.get("COLLIE_ALGORITHM")
-                    if contender_of(variant) in ("ring", "mesh") else None,
+                    if is_collie(contender_of(variant)) else None,
                     "exit_code": code, "timed_out": code is None, "seconds": round(seconds, 2),
                     "json": json_path.name, "ok": ok,
                 }
@@ -418,8 +451,8 @@ def ratio_columns(contenders):
     """(header, numerator, denominator, as percent) for the ratios the selection allows."""
     columns = []
     if "openmpi-tcp" in contenders:
-        for name in ("ring", "mesh"):
-            if name in contenders:
+        for name in contenders:
+            if is_collie(name):
                 columns.append((f"{name}/ompi-tcp", name, "openmpi-tcp", False))
     if "ring" in contenders and "wire" in contenders:
         columns.append(("ring % of wire", "ring", "wire", True))
@@ -552,8 +585,8 @@ def draw_axes(axes, ranks, table, settings):
         if not points:
             continue
         axes.plot([s for s, _ in points], [e["busbw_gbs"] for _, e in points],
-                  label=LEGEND_NAMES[contender], markersize=3, linewidth=1.4,
-                  **LINE_STYLES[contender])
+                  label=legend_name(contender), markersize=3, linewidth=1.4,
+                  **line_style(contender))
     axes.set_xscale("log", base=2)
     if table["sizes"]:
         low = int(math.floor(math.log2(table["sizes"][0])))
@@ -716,9 +749,15 @@ def report(settings, runs, out_dir):
 # --- command line ---------------------------------------------------------------------------------
 
 def parse_arguments(argv):
+    # collie's contenders come from the driver, so --bin is read first.
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--bin", type=Path, default=DEFAULT_BIN)
+    algorithms = discover_algorithms(pre.parse_known_args(argv)[0].bin)
+    if algorithms:
+        CONTENDERS[:] = [*algorithms, *OTHER_CONTENDERS]
     parser = argparse.ArgumentParser(
-        description="Runs collie (ring, mesh), the wire probe and OpenMPI (TCP, shared memory) "
-                    "over the same all-reduce sweep, repeatedly and in alternating order, and "
+        description="Runs collie (every algorithm the collectives driver lists), the wire probe "
+                    "and OpenMPI (TCP, shared memory) over the same all-reduce sweep, repeatedly and in alternating order, and "
                     "reports median bus bandwidths, ratios, plots and the performance targets.",
         epilog="Exit codes: 0 done, 1 a contender never succeeded at some rank count (or, with "
                "--strict, a target failed), 2 bad command line or missing programs.")
@@ -833,7 +872,7 @@ def main(argv):
             for variant in variants_of(settings["contenders"]):
                 command, env = command_for(variant, ranks, settings, Path("OUT/raw") / "x.json")
                 prefix = (f"COLLIE_ALGORITHM={env['COLLIE_ALGORITHM']} "
-                          if variant in ("ring", "mesh") else "")
+                          if is_collie(variant) else "")
                 print(prefix + shlex.join(command))
         return 0
     problems = check_programs(settings)

@@ -20,6 +20,13 @@ sweep=(-b 8 -e 64K -f 8 -w 1 -n 2)
 failures=0
 case_number=0
 
+# The algorithms the driver lists are those bench/compare.py compares: the built-in ones at least.
+listed=" $("$collectives" --list-algorithms | tr '\n' ' ')"
+if [[ "$listed" != *" ring "* || "$listed" != *" mesh "* ]]; then
+  echo "FAIL: collectives --list-algorithms printed: $("$collectives" --list-algorithms)"
+  failures=$((failures + 1))
+fi
+
 # check_json FILE: the report parses, has rows, and every row's #wrong is 0.
 check_json() {
   python3 - "$1" <<'PY'

@@ -93,6 +93,13 @@ TEST_CASE("parse_hostfile reads the reference format, one array of addresses per
   CHECK(table[3] == std::vector<Endpoint>{{"::1", 5000}, {"localhost", 5001}});
 }
 
+TEST_CASE("format_hostfile writes what parse_hostfile reads, IPv6 in brackets") {
+  const HostTable table = {{{"10.0.0.1", 5000}, {"10.0.0.1", 5001}}, {{"::1", 6000}, {"localhost", 7}}};
+  const std::string text = format_hostfile(table);
+  CHECK(text == R"([["10.0.0.1:5000","10.0.0.1:5001"],["[::1]:6000","localhost:7"]])");
+  CHECK(parse_hostfile(text, "written") == table);
+}
+
 TEST_CASE("a blank hostfile, or the JSON string \"\", is one rank with no addresses") {
   // mlx.launch writes this for a job on a single host.
   for (std::string_view text : {"", "  \n", "\"\"", " \"\"\n"}) {

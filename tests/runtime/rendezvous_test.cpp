@@ -286,7 +286,8 @@ TEST_CASE("the rendezvous works over IPv6 loopback") {
 TEST_CASE("rendezvous_from_environment reads the coordinator, rank, size and options") {
   const char* names[] = {"COLLIE_COORDINATOR", "COLLIE_RANK",      "COLLIE_WORLD_SIZE",
                          "COLLIE_CONNECTIONS", "COLLIE_JOB_TOKEN", "MASTER_ADDR",
-                         "MASTER_PORT",        "MLX_RANK",         "MLX_WORLD_SIZE"};
+                         "MASTER_PORT",        "MLX_RANK",         "MLX_WORLD_SIZE",
+                         "COLLIE_SPIN_US",     "COLLIE_TCP_CONGESTION"};
   struct Restore {
     std::vector<std::pair<std::string, std::optional<std::string>>> saved;
     ~Restore() {
@@ -319,10 +320,15 @@ TEST_CASE("rendezvous_from_environment reads the coordinator, rank, size and opt
   ::setenv("COLLIE_WORLD_SIZE", "1", 1);
   ::setenv("COLLIE_CONNECTIONS", "3", 1);
   ::setenv("COLLIE_JOB_TOKEN", "0xabc", 1);
+  // The transport's own settings mean the same as with a hostfile.
+  ::setenv("COLLIE_SPIN_US", "7", 1);
+  ::setenv("COLLIE_TCP_CONGESTION", "reno", 1);
   auto config = rendezvous_from_environment();
   CHECK(config.size() == 1);
   CHECK(config.hosts[0].size() == 3);
   CHECK(config.job_token == 0xabc);
+  CHECK(config.spin == std::chrono::microseconds(7));
+  CHECK(config.congestion == std::optional<std::string>("reno"));
   check_listening(config);
   for (int fd : config.listening_sockets) ::close(fd);
 

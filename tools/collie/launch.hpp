@@ -1,6 +1,7 @@
 // `collie launch`: turns the options, the host list and the command into one process per rank,
-// with exactly the environment the chosen backend reads (the reference's MLX_* variables and
-// their COLLIE_* spellings, plus a fresh job token), started locally or through ssh.
+// with exactly the environment the chosen backend reads — as its descriptor says
+// (runtime/backends/): the reference's MLX_* variables and their COLLIE_* spellings, plus a fresh
+// job token — started locally or through ssh, or handed to mpirun.
 #pragma once
 
 #include <nlohmann/json.hpp>
@@ -14,6 +15,8 @@
 #include <utility>
 #include <vector>
 
+#include "collie/runtime/backend.hpp"
+#include "collie/runtime/enabled.hpp"
 #include "tools/collie/hosts.hpp"
 
 namespace collie::tools {
@@ -119,22 +122,7 @@ inline std::uint64_t fresh_token() {
   return token;
 }
 
-// Per rank: the variables to export, and those whose value is a file's content (the script
-// writes the file on the rank's host and exports its path).
-struct RankEnv {
-  std::vector<std::pair<std::string, std::string>> values;
-  std::vector<std::pair<std::string, std::string>> files;
-  void set(const std::string& name, const std::string& value) {  // MLX_X and COLLIE_X
-    values.emplace_back("MLX_" + name, value);
-    values.emplace_back("COLLIE_" + name, value);
-  }
-  void set_file(const std::string& name, const std::string& content) {
-    files.emplace_back("MLX_" + name, content);
-    files.emplace_back("COLLIE_" + name, content);
-  }
-};
-
-inline std::string rank_script(const LaunchOptions& o, const RankEnv& env, bool remote) {
+inline std::string rank_script(const LaunchOptions& o, const LaunchEnvironment& env, bool remote) {
   std::string s;
   // A remote rank reports its process id first, so that the launcher can stop it over ssh.
   if (remote) s += "echo \"@collie-pid $$\"\n";
@@ -158,6 +146,24 @@ inline std::string rank_script(const LaunchOptions& o, const RankEnv& env, bool 
 
 }  // namespace detail
 
+// The backend whose launch names include `name` ("jaccl-ring" is jaccl's), walking the list
+// every backend is described in (EnabledBackends): calls `fn.template operator()<B>()`.
+template <class Fn>
+void with_backend(const std::string& name, Fn&& fn) {
+  std::string names;
+  const bool found = for_each_backend([&]<class B>() {
+    for (auto launch_name : B::launch_names) {
+      names += std::string(names.empty() ? "" : ", ") + std::string(launch_name);
+      if (launch_name == name) {
+        fn.template operator()<B>();
+        return true;
+      }
+    }
+    return false;
+  });
+  if (!found) throw UsageError("unknown backend \"" + name + "\": choose " + names);
+}
+
 /// Builds the job. Throws UsageError for bad options or hostfiles.
 inline Job plan_launch(const LaunchOptions& o) {
   if (o.command.empty()) throw UsageError("no command given: collie launch [options] -- program [args...]");
@@ -166,9 +172,6 @@ inline Job plan_launch(const LaunchOptions& o) {
   if (o.starting_port < 1 || o.starting_port > 65535) throw UsageError("--starting-port must be in 1..65535");
   HostList list = o.hostfile.empty() ? hosts_from_list(o.hosts) : read_hostfile(o.hostfile);
   const std::string backend = !o.backend.empty() ? o.backend : list.backend.value_or("ring");
-  if (backend != "ring" && backend != "jaccl" && backend != "jaccl-ring" && backend != "mpi" && backend != "nccl") {
-    throw UsageError("unknown backend \"" + backend + "\": choose ring, jaccl, jaccl-ring, mpi or nccl");
-  }
   std::vector<std::pair<std::string, std::string>> user_env;
   for (const auto& kv : list.envs) user_env.push_back(detail::split_env(kv, "hostfile env"));
   for (const auto& kv : o.env) user_env.push_back(detail::split_env(kv, "--env"));
@@ -178,110 +181,79 @@ inline Job plan_launch(const LaunchOptions& o) {
   if (job.ssh.empty()) throw UsageError("--ssh is empty");
   job.prefix = o.prefix;
   const std::vector<Host>& hosts = list.hosts;
-  const int size = static_cast<int>(hosts.size()) * o.per_host;
   const std::string token = std::to_string(detail::fresh_token());
 
-  if (backend == "mpi") {
-    // A thin wrapper: mpirun starts and supervises the ranks itself.
-    std::string slots;
-    for (const auto& h : hosts) slots += (h.local() ? std::string("localhost") : h.ssh) + " slots=" + std::to_string(o.per_host) + "\n";
-    char path[] = "/tmp/collie-mpi-hosts-XXXXXX";
-    const int fd = ::mkstemp(path);
-    if (fd < 0) throw UsageError("cannot create a temporary file for mpirun's hostfile");
-    ::close(fd);
-    std::ofstream(path) << slots;
-    job.temporary_files.push_back(path);
-    Spawn s;
-    s.rank = -1;
-    s.host = "mpirun";
-    s.argv = {"mpirun", "--hostfile", path, "-np", std::to_string(size)};
-    if (!o.cwd.empty()) s.argv.insert(s.argv.end(), {"-wdir", o.cwd});
-    for (const auto& arg : o.mpi_args) {
-      for (auto& word : split_words(arg, "--mpi-arg")) s.argv.push_back(word);
-    }
-    auto add = [&](const std::string& k, const std::string& v) { s.argv.insert(s.argv.end(), {"-x", k + "=" + v}); };
-    add("COLLIE_JOB_TOKEN", token);
-    for (const auto& [k, v] : user_env) add(k, v);
-    s.argv.insert(s.argv.end(), o.command.begin(), o.command.end());
-    job.spawns.push_back(std::move(s));
-    job.prefix = false;  // mpirun's output already comes from every rank
-    return job;
+  // What the backend's descriptor needs to know about the job.
+  LaunchJob spec;
+  for (const auto& h : hosts) {
+    spec.hosts.push_back({h.ssh, h.ips, h.rdma.is_null() ? std::string() : h.rdma.dump()});
   }
+  spec.ranks_per_host = o.per_host;
+  spec.starting_port = o.starting_port;
+  spec.connections_per_ip = o.connections_per_ip;
+  spec.nccl_port = o.nccl_port;
+  spec.verbose = o.verbose;
+  spec.variant = backend;
+  const int size = spec.size();
 
-  // The ring backend's address table: per rank, per address of its host, per connection, the
-  // next port (ranks on one host take consecutive ports).
-  std::string ring_hosts;
-  if (backend == "ring") {
-    nlohmann::json table = nlohmann::json::array();
-    int port = o.starting_port;
-    for (const auto& h : hosts) {
-      if (h.ips.empty()) {
-        throw UsageError("host \"" + h.ssh + "\" has no \"ips\": the ring backend needs the addresses its ranks listen on (use --hosts with IP addresses, or a hostfile)");
+  with_backend(backend, [&]<class B>() {
+    if constexpr (B::launch_style == LaunchStyle::mpirun) {
+      // A thin wrapper: mpirun starts and supervises the ranks itself.
+      std::string slots;
+      for (const auto& h : hosts) slots += (h.local() ? std::string("localhost") : h.ssh) + " slots=" + std::to_string(o.per_host) + "\n";
+      char path[] = "/tmp/collie-mpi-hosts-XXXXXX";
+      const int fd = ::mkstemp(path);
+      if (fd < 0) throw UsageError("cannot create a temporary file for mpirun's hostfile");
+      ::close(fd);
+      std::ofstream(path) << slots;
+      job.temporary_files.push_back(path);
+      Spawn s;
+      s.rank = -1;
+      s.host = "mpirun";
+      s.argv = {"mpirun", "--hostfile", path, "-np", std::to_string(size)};
+      if (!o.cwd.empty()) s.argv.insert(s.argv.end(), {"-wdir", o.cwd});
+      for (const auto& arg : o.mpi_args) {
+        for (auto& word : split_words(arg, "--mpi-arg")) s.argv.push_back(word);
       }
-      for (int i = 0; i < o.per_host; ++i) {
-        nlohmann::json mine = nlohmann::json::array();
-        for (const auto& ip : h.ips) {
-          for (int k = 0; k < o.connections_per_ip; ++k) {
-            if (port > 65535) throw UsageError("--starting-port " + std::to_string(o.starting_port) + " leaves too few ports for " + std::to_string(size) + " ranks");
-            const bool v6 = ip.find(':') != std::string::npos;
-            mine.push_back((v6 ? "[" + ip + "]" : ip) + ":" + std::to_string(port++));
-          }
-        }
-        table.push_back(mine);
-      }
-    }
-    ring_hosts = table.dump();
-  }
-  std::string devices;
-  if (backend == "jaccl" || backend == "jaccl-ring") {
-    nlohmann::json matrix = nlohmann::json::array();
-    for (std::size_t i = 0; i < hosts.size(); ++i) {
-      const auto& r = hosts[i].rdma;
-      if (!r.is_array() || r.size() != hosts.size()) {
-        throw UsageError("host \"" + hosts[i].ssh + "\" needs an \"rdma\" list with one entry per host (" + std::to_string(hosts.size()) + ") for the " + backend + " backend");
-      }
-      if (!r[i].is_null()) throw UsageError("host \"" + hosts[i].ssh + "\": its own \"rdma\" entry (position " + std::to_string(i) + ") must be null");
-      matrix.push_back(r);
-    }
-    devices = matrix.dump();
-    if (o.per_host != 1) throw UsageError("the " + backend + " backend runs one rank per host (-n 1)");
-  }
-  const std::string first_ip = hosts.front().ips.empty() ? std::string("127.0.0.1") : hosts.front().ips.front();
-
-  for (int rank = 0; rank < size; ++rank) {
-    const Host& h = hosts[static_cast<std::size_t>(rank / o.per_host)];
-    detail::RankEnv env;
-    env.set("RANK", std::to_string(rank));
-    env.values.emplace_back("COLLIE_JOB_TOKEN", token);
-    if (backend == "ring") {
-      env.set_file("HOSTFILE", ring_hosts);
-      if (o.verbose) env.set("RING_VERBOSE", "1");
-    } else if (backend == "nccl") {
-      env.set("WORLD_SIZE", std::to_string(size));
-      env.values.emplace_back("NCCL_HOST_IP", first_ip);
-      env.values.emplace_back("NCCL_PORT", std::to_string(o.nccl_port));
-      env.values.emplace_back("CUDA_VISIBLE_DEVICES", std::to_string(rank % o.per_host));
-      if (o.verbose) env.values.emplace_back("NCCL_DEBUG", "INFO");
-    } else {  // jaccl, jaccl-ring
-      env.set("JACCL_COORDINATOR", first_ip + ":" + std::to_string(o.starting_port));
-      env.set_file("IBV_DEVICES", devices);
-      if (backend == "jaccl-ring") env.set("JACCL_RING", "1");
-    }
-    for (const auto& kv : user_env) env.values.push_back(kv);
-    Spawn s;
-    s.rank = rank;
-    s.host = h.ssh;
-    s.remote = !h.local();
-    const std::string script = detail::rank_script(o, env, s.remote);
-    if (s.remote) {
-      s.argv = job.ssh;
-      s.argv.push_back(h.ssh);
-      s.argv.push_back(script);
+      auto add = [&](const std::string& k, const std::string& v) { s.argv.insert(s.argv.end(), {"-x", k + "=" + v}); };
+      add("COLLIE_JOB_TOKEN", token);
+      for (const auto& [k, v] : user_env) add(k, v);
+      s.argv.insert(s.argv.end(), o.command.begin(), o.command.end());
+      job.spawns.push_back(std::move(s));
+      job.prefix = false;  // mpirun's output already comes from every rank
     } else {
-      s.argv = {"/bin/sh", "-c", script};
+      std::string prepared;
+      try {
+        prepared = B::prepare_launch(spec);
+      } catch (const Error& e) {
+        throw UsageError(e.what());
+      }
+      for (int rank = 0; rank < size; ++rank) {
+        const Host& h = hosts[static_cast<std::size_t>(rank / o.per_host)];
+        LaunchEnvironment env;
+        try {
+          B::launch_environment(spec, prepared, rank, env);
+        } catch (const Error& e) {
+          throw UsageError(e.what());
+        }
+        env.set("COLLIE_JOB_TOKEN", token);
+        for (const auto& [k, v] : user_env) env.set(k, v);
+        Spawn s;
+        s.rank = rank;
+        s.host = h.ssh;
+        s.remote = !h.local();
+        const std::string script = detail::rank_script(o, env, s.remote);
+        if (s.remote) {
+          s.argv = job.ssh;
+          s.argv.push_back(h.ssh);
+          s.argv.push_back(script);
+        } else {
+          s.argv = {"/bin/sh", "-c", script};
+        }
+        job.spawns.push_back(std::move(s));
+      }
     }
-    job.spawns.push_back(std::move(s));
-  }
+  });
   return job;
 }
 

@@ -2,6 +2,7 @@
 // algorithm, and its reductions happen in rank order, so results are bit-identical everywhere.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <span>
 #include <string_view>
@@ -10,6 +11,7 @@
 #include "collie/core/detail/direct.hpp"
 #include "collie/core/call.hpp"
 #include "collie/core/concepts.hpp"
+#include "collie/core/knob.hpp"
 
 namespace collie {
 
@@ -38,6 +40,11 @@ struct Mesh {
   std::size_t small_bytes = 64 * 1024;
 
   friend bool operator==(const Mesh&, const Mesh&) = default;
+
+  /// The environment's override: COLLIE_MESH_SMALL_BYTES (0-1 GiB; k, M, G suffixes).
+  static constexpr auto knobs() {
+    return std::array{Knob<Mesh>{"MESH_SMALL_BYTES", &Mesh::small_bytes, 0, std::size_t{1} << 30, true}};
+  }
 
   template <Transport T>
   std::error_code all_reduce(T& t, Call& call, std::span<std::byte> data,

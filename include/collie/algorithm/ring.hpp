@@ -2,6 +2,7 @@
 // pipelined over segments, with several rings at once so both directions of every link work.
 #pragma once
 
+#include <array>
 #include <cstddef>
 #include <cstring>
 #include <span>
@@ -17,6 +18,7 @@
 #include "collie/algorithm/detail/ring_schedule.hpp"
 #include "collie/core/call.hpp"
 #include "collie/core/concepts.hpp"
+#include "collie/core/knob.hpp"
 
 namespace collie {
 
@@ -95,6 +97,22 @@ struct Ring {
   std::size_t all_to_all_small_bytes = 16 * 1024;
 
   friend bool operator==(const Ring&, const Ring&) = default;
+
+  /// The environment's overrides (read by init() and the benchmark drivers, before connecting):
+  /// COLLIE_RING_RINGS (1-64), COLLIE_RING_SEGMENT_BYTES (4 KiB-1 GiB),
+  /// COLLIE_RING_SMALL_BYTES, COLLIE_RING_HALVING_BYTES, COLLIE_RING_HALVING_FROM_BYTES and
+  /// COLLIE_RING_ALL_TO_ALL_SMALL_BYTES (0-1 GiB; k, M, G suffixes).
+  static constexpr auto knobs() {
+    constexpr std::size_t gib = std::size_t{1} << 30;
+    return std::array{
+        Knob<Ring>{"RING_RINGS", &Ring::rings, 1, 64, false},
+        Knob<Ring>{"RING_SEGMENT_BYTES", &Ring::segment_bytes, 4096, gib, true},
+        Knob<Ring>{"RING_SMALL_BYTES", &Ring::small_bytes, 0, gib, true},
+        Knob<Ring>{"RING_HALVING_BYTES", &Ring::halving_bytes, 0, gib, true},
+        Knob<Ring>{"RING_HALVING_FROM_BYTES", &Ring::halving_from_bytes, 0, gib, true},
+        Knob<Ring>{"RING_ALL_TO_ALL_SMALL_BYTES", &Ring::all_to_all_small_bytes, 0, gib, true},
+    };
+  }
 
   template <Transport T>
   std::error_code all_reduce(T& t, Call& call, std::span<std::byte> data,

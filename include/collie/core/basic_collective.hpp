@@ -119,7 +119,8 @@ concept BufferList =
 /// `Buffer` or `MutableBuffer` concept. Operations with an input and an output take them
 /// separately (out of place) or as one buffer (in place); `in` and `out` may be the very same
 /// buffer but never partially overlap. Buffers must stay alive and untouched until the call
-/// returns (for the `_async` forms, until their Request's `wait()` returns).
+/// returns; for the `_async` forms, until their Request's `wait()` returns, which is why those
+/// take only lvalues and views (`LastingBuffer`): a temporary container does not compile.
 ///
 /// **Errors.** Every operation has two forms, as in Asio: the plain one throws `collie::Error`;
 /// the one taking a trailing `std::error_code&` is `noexcept`, sets the code (cleared on
@@ -270,7 +271,7 @@ class BasicCollective {
     all_reduce(in, out, Sum{}, ec);
   }
   /// Starts an in-place sum on the group's worker thread; see `Request`.
-  template <MutableBuffer R>
+  template <LastingMutableBuffer R>
   Request all_sum_async(R&& data) {
     return all_reduce_async(data, Sum{});
   }
@@ -298,7 +299,7 @@ class BasicCollective {
     all_reduce(in, out, Prod{}, ec);
   }
   /// Starts an in-place product on the group's worker thread; see `Request`.
-  template <MutableBuffer R>
+  template <LastingMutableBuffer R>
   Request all_prod_async(R&& data) {
     return all_reduce_async(data, Prod{});
   }
@@ -327,7 +328,7 @@ class BasicCollective {
     all_reduce(in, out, Max{}, ec);
   }
   /// Starts an in-place maximum on the group's worker thread; see `Request`.
-  template <MutableBuffer R>
+  template <LastingMutableBuffer R>
   Request all_max_async(R&& data) {
     return all_reduce_async(data, Max{});
   }
@@ -356,7 +357,7 @@ class BasicCollective {
     all_reduce(in, out, Min{}, ec);
   }
   /// Starts an in-place minimum on the group's worker thread; see `Request`.
-  template <MutableBuffer R>
+  template <LastingMutableBuffer R>
   Request all_min_async(R&& data) {
     return all_reduce_async(data, Min{});
   }
@@ -398,7 +399,7 @@ class BasicCollective {
   }
   /// Starts an in-place all-reduce on the group's worker thread; see `Request`. A functor with
   /// state is copied (one allocation); the built-in ops are not.
-  template <MutableBuffer R, class Op>
+  template <LastingMutableBuffer R, class Op>
     requires ReduceOp<Op, element_t<R>>
   Request all_reduce_async(R&& data, Op op) {
     const auto bytes = detail::mutable_bytes(data);
@@ -476,9 +477,9 @@ class BasicCollective {
     ec = gather_bytes(detail::const_bytes(in), detail::mutable_bytes(out), sizeof(element_t<In>));
   }
   /// Starts an all-gather on the group's worker thread; see `Request`.
-  template <Buffer In, MutableBuffer Out>
+  template <LastingBuffer In, LastingMutableBuffer Out>
     requires std::same_as<element_t<In>, element_t<Out>>
-  Request all_gather_async(const In& in, Out&& out) {
+  Request all_gather_async(In&& in, Out&& out) {
     const auto i = detail::const_bytes(in);
     const auto o = detail::mutable_bytes(out);
     if (auto ec = detail::check_gather(checked(), i, o, sizeof(element_t<In>))) return failed(ec);
@@ -506,9 +507,9 @@ class BasicCollective {
     reduce_scatter(in, out, Sum{}, ec);
   }
   /// Starts a sum-scatter on the group's worker thread; see `Request`.
-  template <Buffer In, MutableBuffer Out>
+  template <LastingBuffer In, LastingMutableBuffer Out>
     requires std::same_as<element_t<In>, element_t<Out>>
-  Request sum_scatter_async(const In& in, Out&& out) {
+  Request sum_scatter_async(In&& in, Out&& out) {
     return reduce_scatter_async(in, out, Sum{});
   }
 
@@ -528,9 +529,9 @@ class BasicCollective {
                        detail::make_reduction<element_t<In>>(op));
   }
   /// Starts a reduce-scatter on the group's worker thread; see `Request`.
-  template <Buffer In, MutableBuffer Out, class Op>
+  template <LastingBuffer In, LastingMutableBuffer Out, class Op>
     requires std::same_as<element_t<In>, element_t<Out>> && ReduceOp<Op, element_t<In>>
-  Request reduce_scatter_async(const In& in, Out&& out, Op op) {
+  Request reduce_scatter_async(In&& in, Out&& out, Op op) {
     const auto i = detail::const_bytes(in);
     const auto o = detail::mutable_bytes(out);
     if (auto ec = detail::check_scatter(checked(), "reduce_scatter", i, o, sizeof(element_t<In>))) {
@@ -575,7 +576,7 @@ class BasicCollective {
     ec = broadcast_bytes(detail::const_bytes(in), detail::mutable_bytes(out), root);
   }
   /// Starts an in-place broadcast on the group's worker thread; see `Request`.
-  template <MutableBuffer R>
+  template <LastingMutableBuffer R>
   Request broadcast_async(R&& data, int root) {
     if (auto ec = detail::check_root(checked(), root, "broadcast")) return failed(ec);
     return core_.broadcast_async(detail::mutable_bytes(data), root);
@@ -605,9 +606,9 @@ class BasicCollective {
     ec = core_.all_to_all(i, o);
   }
   /// Starts an all-to-all on the group's worker thread; see `Request`.
-  template <Buffer In, MutableBuffer Out>
+  template <LastingBuffer In, LastingMutableBuffer Out>
     requires std::same_as<element_t<In>, element_t<Out>>
-  Request all_to_all_async(const In& in, Out&& out) {
+  Request all_to_all_async(In&& in, Out&& out) {
     const auto i = detail::const_bytes(in);
     const auto o = detail::mutable_bytes(out);
     if (auto ec = detail::check_all_to_all(checked(), i, o, sizeof(element_t<In>))) return failed(ec);
@@ -651,8 +652,8 @@ class BasicCollective {
     ec = core_.send(detail::const_bytes(data), dst);
   }
   /// Posts a send to the transport at once; see `Request`.
-  template <Buffer R>
-  Request send_async(const R& data, int dst) {
+  template <LastingBuffer R>
+  Request send_async(R&& data, int dst) {
     if (auto ec = detail::check_peer(checked(), dst, "send")) return failed(ec);
     return core_.send_async(detail::const_bytes(data), dst);
   }
@@ -670,7 +671,7 @@ class BasicCollective {
     ec = core_.recv(detail::mutable_bytes(data), src);
   }
   /// Posts a receive to the transport at once; see `Request`.
-  template <MutableBuffer R>
+  template <LastingMutableBuffer R>
   Request recv_async(R&& data, int src) {
     if (auto ec = detail::check_peer(checked(), src, "recv")) return failed(ec);
     return core_.recv_async(detail::mutable_bytes(data), src);

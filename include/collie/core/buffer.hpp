@@ -21,6 +21,16 @@ template <class R>
 concept MutableBuffer =
     Buffer<R> && !std::is_const_v<std::remove_reference_t<std::ranges::range_reference_t<R>>>;
 
+/// A `Buffer` that outlives the call taking it: an lvalue, or a view such as `std::span`. The
+/// `_async` forms take only these, so passing a temporary container, which would be gone
+/// before the operation runs, is a compile error naming this concept instead of a use after free.
+template <class R>
+concept LastingBuffer = Buffer<R> && std::ranges::borrowed_range<R>;
+
+/// A `MutableBuffer` that outlives the call taking it (see `LastingBuffer`).
+template <class R>
+concept LastingMutableBuffer = MutableBuffer<R> && std::ranges::borrowed_range<R>;
+
 /// The element type of a buffer.
 template <Buffer R>
 using element_t = std::remove_cv_t<std::ranges::range_value_t<R>>;

@@ -217,6 +217,53 @@ inline void timeouts_from_environment(TcpConfig& config) {
   if (ec) throw Error(ec, last_error_message);
 }
 
+/// A count or byte size from `COLLIE_<name>` (a k, M or G suffix multiplies by 1024s when
+/// `bytes`), within [low, high]: true with `field` set (or left at its default when the variable
+/// is unset); false, with `errc::bad_configuration` naming the variable, the range and the
+/// default, for anything else.
+inline bool size_from_environment(std::string_view name, std::size_t& field, std::size_t low,
+                                  std::size_t high, bool bytes, std::error_code& ec) {
+  const auto variable = env_exact("COLLIE_" + std::string(name));
+  if (!variable) return true;
+  std::string_view text = trim_space(variable->value);
+  std::size_t scale = 1;
+  if (bytes && !text.empty()) {
+    const char unit = text.back();
+    scale = unit == 'k' || unit == 'K' ? std::size_t{1} << 10
+            : unit == 'M'              ? std::size_t{1} << 20
+            : unit == 'G'              ? std::size_t{1} << 30
+                                       : 1;
+    if (scale != 1) text.remove_suffix(1);
+  }
+  const auto value = parse_decimal(text);
+  if (!value || *value < 0 || static_cast<std::size_t>(*value) > high / scale ||
+      static_cast<std::size_t>(*value) * scale < low) {
+    report_config_error(ec, errc::bad_configuration,
+                        "collie: " + variable->name + "=" + variable->value +
+                            " is out of range; set it to a number in [" + std::to_string(low) +
+                            ", " + std::to_string(high) + "] (" +
+                            (bytes ? "k, M and G multiply by 1024s; " : "") + "default " +
+                            std::to_string(field) + ")");
+    return false;
+  }
+  field = static_cast<std::size_t>(*value) * scale;
+  return true;
+}
+
+/// Applies the environment's overrides of a policy's knobs (`Policy::knobs()`, see Knob); a
+/// policy without knobs is left as it is. False, with `ec` set, for the first bad value.
+template <class Policy>
+bool knobs_from_environment(Policy& policy, std::error_code& ec) {
+  if constexpr (requires { Policy::knobs(); }) {
+    for (const auto& knob : Policy::knobs()) {
+      if (!size_from_environment(knob.name, policy.*knob.field, knob.low, knob.high, knob.bytes, ec)) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
 /// A rank and world size, and the scheduler family they came from ("torchrun (RANK,
 /// WORLD_SIZE)", ...), for messages.
 struct RankAndSize {

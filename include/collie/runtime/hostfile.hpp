@@ -388,4 +388,17 @@ inline HostTable load_hostfile(const std::filesystem::path& path) {
   return std::move(*table);
 }
 
+/// The hostfile text of a table, in the format `parse_hostfile` reads (MLX's):
+/// `[["10.0.0.1:5000"],["10.0.0.2:5000"]]`, IPv6 addresses in brackets. What `collie launch`
+/// writes for the ring backend's ranks.
+inline std::string format_hostfile(const HostTable& hosts) {
+  nlohmann::json table = nlohmann::json::array();
+  for (const auto& rank : hosts) {
+    nlohmann::json addresses = nlohmann::json::array();
+    for (const auto& endpoint : rank) addresses.push_back(endpoint.to_string());
+    table.push_back(std::move(addresses));
+  }
+  return table.dump();
+}
+
 }  // namespace collie

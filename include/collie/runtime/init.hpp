@@ -2,7 +2,6 @@
 // one rank when nothing is set up (as MLX's mx.distributed.init does).
 #pragma once
 
-#include <array>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -14,18 +13,10 @@
 #include "collie/core/error.hpp"
 #include "collie/runtime/enabled.hpp"
 #include "collie/runtime/group.hpp"
+#include "collie/runtime/hostfile.hpp"
 #include "collie/transport/inprocess.hpp"
 
-#if COLLIE_WITH_TCP
-#include "collie/runtime/environment.hpp"
-#include "collie/runtime/rendezvous.hpp"
-#include "collie/transport/tcp.hpp"
-#endif
-
 namespace collie {
-
-/// Backend names `init()` knows, in the order "any" tries them.
-inline constexpr std::array<std::string_view, 4> backend_names = {"nccl", "ring", "mpi", "jaccl"};
 
 /// A group of one rank: every collective is an identity, send/recv fail with
 /// `errc::singleton_group`. Its `backend()` is "singleton".
@@ -47,135 +38,41 @@ inline InitCache& init_cache() {
   return cache;
 }
 
-inline std::string compiled_backends() {
+// "nccl, ring, mpi, jaccl" (every backend), or only those compiled in.
+inline std::string backend_names(bool compiled_only) {
   std::string names;
-#if COLLIE_WITH_TCP
-  names += "ring";
-#endif
+  for_each_backend([&]<class B>() {
+    if (compiled_only && !B::compiled_in) return false;
+    names += std::string(names.empty() ? "" : ", ") + std::string(B::name);
+    return false;
+  });
   return names.empty() ? "none" : names;
 }
 
-inline bool is_known_backend(std::string_view backend) {
-  for (auto name : backend_names) {
-    if (name == backend) return true;
-  }
-  return false;
-}
-
-#if COLLIE_WITH_TCP
-// A knob of the algorithm from `COLLIE_<name>`: a count, or a size in bytes (a k, M or G suffix
-// multiplies by 1024s), within [low, high]; `field` keeps its default when the variable is unset.
-inline bool size_knob(std::string_view name, std::size_t& field, std::size_t low, std::size_t high, std::error_code& ec) {
-  const auto variable = env_exact("COLLIE_" + std::string(name));
-  if (!variable) return true;
-  std::string_view text = trim_space(variable->value);
-  std::size_t scale = 1;
-  if (!text.empty()) {
-    const char unit = text.back();
-    scale = unit == 'k' || unit == 'K' ? std::size_t{1} << 10 : unit == 'M' ? std::size_t{1} << 20 : unit == 'G' ? std::size_t{1} << 30 : 1;
-    if (scale != 1) text.remove_suffix(1);
-  }
-  const auto value = parse_decimal(text);
-  if (!value || *value < 0 || static_cast<std::size_t>(*value) > high / scale || static_cast<std::size_t>(*value) * scale < low) {
-    report_config_error(ec, errc::bad_configuration,
-                        "collie: " + variable->name + "=" + variable->value + " is out of range; set it to a number in [" +
-                            std::to_string(low) + ", " + std::to_string(high) + "] (" +
-                            (high > 64 ? "k, M and G multiply by 1024s; " : "") + "default " + std::to_string(field) + ")");
-    return false;
-  }
-  field = static_cast<std::size_t>(*value) * scale;
-  return true;
-}
-
-// Whether every rank listens on a loopback address: the whole job is on this host, and its "wire"
-// is the kernel copying bytes between sockets.
-inline bool all_loopback(const TcpConfig& config) {
-  for (const auto& rank : config.hosts) {
-    for (const auto& e : rank) {
-      const bool loopback = e.host.rfind("127.", 0) == 0 || e.host == "::1" || e.host == "localhost";
-      if (!loopback) return false;
-    }
-  }
-  return !config.hosts.empty();
-}
-
-// The ring backend: a hostfile (MLX_RANK + MLX_HOSTFILE), or a coordinator rendezvous for
-// schedulers. COLLIE_ALGORITHM picks the algorithm over TCP: "ring" (default) or "mesh"; the
-// algorithms' knobs come from COLLIE_RING_RINGS (default 2, or 1 when every rank is on loopback),
-// COLLIE_RING_SEGMENT_BYTES, COLLIE_RING_SMALL_BYTES, COLLIE_RING_HALVING_BYTES,
-// COLLIE_RING_HALVING_FROM_BYTES, COLLIE_RING_ALL_TO_ALL_SMALL_BYTES and COLLIE_MESH_SMALL_BYTES
-// (docs/ring.md).
-inline std::optional<Group> try_ring(std::error_code& ec) {
-  auto config = ring_config_from_environment(ec);
-  if (!config && ec == errc::not_configured) {
-    const std::string hostfile_message = last_error_message;
-    config = rendezvous_from_environment(ec);
-    if (!config && ec == errc::not_configured) {
-      last_error_message = hostfile_message + "; or, without a hostfile, set " +
-                           "COLLIE_COORDINATOR (or MASTER_ADDR and MASTER_PORT) with a rank and "
-                           "world size (COLLIE_RANK/COLLIE_WORLD_SIZE, or those of Slurm, "
-                           "Open MPI, PMI or torchrun)";
-    }
-  }
-  if (!config) return std::nullopt;
-  Options options;
-  options.timeout = config->timeout;
-  std::string algorithm = "ring";
-  if (auto variable = env("ALGORITHM")) algorithm = variable->value;
-  if (algorithm != "ring" && algorithm != "mesh") {
-    ec = errc::bad_configuration;
-    last_error_message = "collie: " + env_names("ALGORITHM") + "=" + algorithm +
-                         " is not an algorithm of the ring backend; use ring or mesh";
+// Tries one backend: its group; or nothing with `ec` = errc::not_configured when its environment
+// is absent, errc::unknown_backend when it is not compiled into this build, or another code when
+// it is configured but failed.
+template <class B>
+std::optional<Group> try_backend(std::error_code& ec) noexcept {
+  if constexpr (B::compiled_in) {
+    return B::template connect<Group>(ec);
+  } else {
+    report_config_error(ec, errc::unknown_backend,
+                        "collie: backend \"" + std::string(B::name) +
+                            "\" is not compiled into this build (compiled in: " +
+                            backend_names(true) + ")");
     return std::nullopt;
   }
-  // Two rings in opposite directions use both directions of every link, which doubles what a
-  // network carries (measured 1.9x at 3 ranks over rate-limited links). On one host there is no
-  // link: both rings' bytes are copied by the same cores, and the second ring only doubles the
-  // messages (one ring measured 1.1-1.7x faster on loopback from 64 KiB to 1 MiB, level above).
-  Ring ring;
-  if (all_loopback(*config)) ring.rings = 1;
-  Mesh mesh;
-  if (!size_knob("RING_RINGS", ring.rings, 1, 64, ec) ||
-      !size_knob("RING_SEGMENT_BYTES", ring.segment_bytes, 4096, std::size_t{1} << 30, ec) ||
-      !size_knob("RING_SMALL_BYTES", ring.small_bytes, 0, std::size_t{1} << 30, ec) ||
-      !size_knob("RING_HALVING_BYTES", ring.halving_bytes, 0, std::size_t{1} << 30, ec) ||
-      !size_knob("RING_HALVING_FROM_BYTES", ring.halving_from_bytes, 0, std::size_t{1} << 30,
-                 ec) ||
-      !size_knob("RING_ALL_TO_ALL_SMALL_BYTES", ring.all_to_all_small_bytes, 0,
-                 std::size_t{1} << 30, ec) ||
-      !size_knob("MESH_SMALL_BYTES", mesh.small_bytes, 0, std::size_t{1} << 30, ec)) {
-    return std::nullopt;
-  }
-  auto transport = TcpTransport::connect(std::move(*config), ec);
-  if (!transport) return std::nullopt;
-  if (algorithm == "mesh") {
-    return Group(Collective<TcpTransport, Mesh>(std::move(*transport), mesh, options), "ring");
-  }
-  return Group(Collective<TcpTransport, Ring>(std::move(*transport), ring, options), "ring");
-}
-#endif
-
-// Tries one named backend. Returns the group, or nothing with `ec` = errc::not_configured when
-// its environment is absent, or nothing with another code when it is configured but failed.
-// Backends that are not compiled into this build report `errc::unknown_backend`.
-inline std::optional<Group> try_backend(std::string_view backend, std::error_code& ec) {
-#if COLLIE_WITH_TCP
-  if (backend == "ring") return try_ring(ec);
-#endif
-  ec = errc::unknown_backend;
-  last_error_message = "collie: backend \"" + std::string(backend) +
-                       "\" is not compiled into this build (compiled in: " + compiled_backends() +
-                       ")";
-  return std::nullopt;
 }
 
 }  // namespace detail
 
 /// Initialises collie from the environment and returns the group of all ranks.
 ///
-/// - `backend`: "any" (default), "ring", "jaccl", "mpi" or "nccl". "any" tries every backend
-///   compiled in whose environment is present, in the order nccl, ring, mpi, jaccl, and returns
-///   the first that connects; with none configured it returns a group of one rank.
+/// - `backend`: "any" (default), or a backend's name: "ring", "jaccl", "mpi" or "nccl" (the
+///   descriptors of EnabledBackends, runtime/enabled.hpp). "any" tries every backend compiled in
+///   whose environment is present, in the list's order (nccl, ring, mpi, jaccl), and returns the
+///   first that connects; with none configured it returns a group of one rank.
 /// - `strict`: turns "not configured" into an error (`errc::not_configured`) instead of a
 ///   singleton group.
 ///
@@ -193,14 +90,19 @@ inline std::optional<Group> init(std::string_view backend, bool strict,
     if (cache.group && (backend == "any" || backend == cache.group->backend())) {
       return cache.group;
     }
-    if (backend != "any" && !detail::is_known_backend(backend)) {
-      ec = errc::unknown_backend;
-      detail::last_error_message = "collie: unknown backend \"" + std::string(backend) +
-                                   "\"; use one of any, ring, jaccl, mpi, nccl";
-      return std::nullopt;
-    }
     if (backend != "any") {
-      auto group = detail::try_backend(backend, ec);
+      std::optional<Group> group;
+      const bool known = for_each_backend([&]<class B>() {
+        if (B::name != backend) return false;
+        group = detail::try_backend<B>(ec);
+        return true;
+      });
+      if (!known) {
+        ec = errc::unknown_backend;
+        detail::last_error_message = "collie: unknown backend \"" + std::string(backend) +
+                                     "\"; use one of any, " + detail::backend_names(false);
+        return std::nullopt;
+      }
       if (group) {
         cache.group = group;
       } else if (ec == errc::not_configured && !strict) {
@@ -211,17 +113,32 @@ inline std::optional<Group> init(std::string_view backend, bool strict,
     }
     // "any": the first compiled-in backend whose environment is present. One that is configured
     // but fails is an error, never a fall-through to the next.
-    for (auto name : backend_names) {
-      std::error_code attempt;
-      auto group = detail::try_backend(name, attempt);
-      if (group) {
-        cache.group = group;
-        return group;
+    std::optional<Group> found;
+    std::error_code failure;
+    for_each_backend([&]<class B>() {
+      if constexpr (!B::compiled_in) {
+        return false;
+      } else {
+        std::error_code attempt;
+        auto group = detail::try_backend<B>(attempt);
+        if (group) {
+          found = std::move(group);
+          return true;
+        }
+        if (attempt != errc::not_configured) {
+          failure = attempt;
+          return true;
+        }
+        return false;
       }
-      if (attempt != errc::not_configured && attempt != errc::unknown_backend) {
-        ec = attempt;
-        return std::nullopt;
-      }
+    });
+    if (found) {
+      cache.group = found;
+      return found;
+    }
+    if (failure) {
+      ec = failure;
+      return std::nullopt;
     }
     if (strict) {
       ec = errc::not_configured;

@@ -1125,7 +1125,12 @@ inline std::optional<TcpConfig> rendezvous_from_environment(std::error_code& ec)
                    placement->rank, placement->size, placement->source.c_str(),
                    coordinator->to_string().c_str());
     }
-    return rendezvous(*coordinator, placement->rank, placement->size, options, ec);
+    auto config = rendezvous(*coordinator, placement->rank, placement->size, options, ec);
+    // The transport's other settings (COLLIE_SPIN_US, COLLIE_TCP_CONGESTION) apply as they do
+    // with a hostfile: every variable means the same whichever way the ranks find each other.
+    // They were checked with the options above, so this cannot fail.
+    if (config) detail::timeouts_from_environment(*config, ec);
+    return config;
   } catch (const std::bad_alloc&) {
     detail::report_config_error(ec, std::make_error_code(std::errc::not_enough_memory),
                                 "collie: out of memory reading the environment");

@@ -146,13 +146,20 @@ class Engine {
   explicit Engine(TcpConfig config)
       : config_(std::move(config)), rank_(config_.rank), size_(config_.size()),
         peers_(static_cast<std::size_t>(size_)), work_(asio::make_work_guard(io_)) {
-    validate();
-    if (size_ > 1) {
-      // Before anything is accepted: a refused handshake fails the set-up only while it runs.
-      expected_right_ = connections_per_neighbour();
-      expected_left_ = connections_per_neighbour();
+    try {
+      validate();
+      if (size_ > 1) {
+        // Before anything is accepted: a refused handshake fails the set-up only while it runs.
+        expected_right_ = connections_per_neighbour();
+        expected_left_ = connections_per_neighbour();
+      }
+      open_acceptors();
+    } catch (...) {
+      // The listening sockets handed over (a rendezvous made them) are ours to close, also when
+      // the set-up stops before they became acceptors.
+      close_listening_sockets();
+      throw;
     }
-    open_acceptors();
     thread_ = std::thread([this] { io_loop(); });
     try {
       connect_neighbours();
@@ -546,6 +553,7 @@ class Engine {
       const tcp::endpoint endpoint = resolve(mine[i]);
       if (!config_.listening_sockets.empty()) {
         acceptor->assign(endpoint.protocol(), config_.listening_sockets[i], ec);
+        if (!ec) config_.listening_sockets[i] = -1;  // the acceptor's now
       } else {
         acceptor->open(endpoint.protocol(), ec);
         if (!ec) acceptor->set_option(tcp::acceptor::reuse_address(true), ec);
@@ -561,7 +569,7 @@ class Engine {
       log("listening on " + mine[i].to_string());
       acceptors_.push_back(std::move(acceptor));
     }
-    config_.listening_sockets.clear();  // owned by the acceptors now
+    config_.listening_sockets.clear();  // all owned by the acceptors now
     for (auto& a : acceptors_) accept_next(*a);
   }
 
@@ -1611,7 +1619,13 @@ class Engine {
       c->socket.shutdown(tcp::socket::shutdown_both, ignored);
       c->socket.close(ignored);
     }
-    for (int fd : config_.listening_sockets) ::close(fd);
+    close_listening_sockets();
+  }
+
+  void close_listening_sockets() noexcept {
+    for (int fd : config_.listening_sockets) {
+      if (fd >= 0) ::close(fd);
+    }
     config_.listening_sockets.clear();
   }
 
