@@ -8,6 +8,8 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <asio/write.hpp>
+
 #include <chrono>
 #include <cstdlib>
 #include <functional>
@@ -193,6 +195,7 @@ TEST_CASE("a missing rank makes rank 0 time out naming it, and the others hear w
     return options;
   });
   for (const auto& outcome : outcomes) {
+    CAPTURE(outcome.message);
     REQUIRE(!outcome.config);
     CHECK(outcome.ec == errc::timed_out);
     CHECK(contains(outcome.message, "waiting for rank 2 (2 of 3 other ranks said hello: 1, 3)"));
@@ -232,6 +235,7 @@ TEST_CASE("a rank started with another world size fails every rank at once") {
   zero.join();
   one.join();
   for (const auto& outcome : outcomes) {
+    CAPTURE(outcome.message);
     REQUIRE(!outcome.config);
     CHECK(outcome.ec == errc::bad_configuration);
     CHECK(contains(outcome.message, "was started with world size 3 but rank 0 with 2"));
@@ -242,6 +246,7 @@ TEST_CASE("two processes claiming the same rank fail the rendezvous") {
   const Endpoint coordinator{"127.0.0.1", free_port("127.0.0.1")};
   auto outcomes = run_ranks(coordinator, 3, {0, 1, 1}, [](int) { return quick(); });
   for (const auto& outcome : outcomes) {
+    CAPTURE(outcome.message);
     REQUIRE(!outcome.config);
     CHECK(outcome.ec == errc::bad_configuration);
     CHECK(contains(outcome.message, "both claim rank 1"));
@@ -359,7 +364,7 @@ TEST_CASE("a client that is not collie, or a rank that leaves after its hello, d
     FAIL("rank 0 never listened: " << ec.message());
   };
   {
-    // A stray HTTP client: its first four bytes read as a huge length, so it is dropped.
+    // A stray HTTP client: its first bytes are no collie hello, so it is dropped.
     asio::ip::tcp::socket stray(io);
     connect(stray);
     asio::write(stray, asio::buffer(std::string("GET / HTTP/1.1\r\n\r\n")));
@@ -368,13 +373,12 @@ TEST_CASE("a client that is not collie, or a rank that leaves after its hello, d
     // A process that says hello as rank 1 and then dies: its slot opens again.
     asio::ip::tcp::socket early(io);
     connect(early);
-    const std::string hello = detail::encode_frame({{"magic", "CLRV"},
-                                                    {"version", 1},
-                                                    {"token", 7},
-                                                    {"size", 3},
-                                                    {"rank", 1},
-                                                    {"endpoints", {"127.0.0.1:9"}}});
-    asio::write(early, asio::buffer(hello));
+    detail::tcp::Hello hello;
+    hello.connection = detail::store::store_connection;
+    hello.world_size = 3;
+    hello.sender = 1;
+    hello.job_token = 7;
+    asio::write(early, asio::buffer(hello.encode()));
     std::this_thread::sleep_for(100ms);  // let rank 0 register it before it goes
   }
   std::this_thread::sleep_for(300ms);  // and notice that it went
