@@ -117,8 +117,9 @@ inline wire_bytes frame(std::uint64_t kind, const wire_bytes& payload, std::uint
   h.bytes = payload.size();
   tcp::Bytes<tcp::Header::size> head{};
   h.encode_into(head);
-  wire_bytes out(head.begin(), head.end());
-  out.insert(out.end(), payload.begin(), payload.end());
+  wire_bytes out(tcp::Header::size + payload.size());
+  std::memcpy(out.data(), head.data(), head.size());
+  if (!payload.empty()) std::memcpy(out.data() + head.size(), payload.data(), payload.size());
   return out;
 }
 

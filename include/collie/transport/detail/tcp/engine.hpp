@@ -4,7 +4,16 @@
 // lost connection fails everything pending on that peer at once).
 #pragma once
 
-#include <asio.hpp>
+// Only the parts of Asio the engine uses: <asio.hpp> would bring all of it into every program.
+#include <asio/buffer.hpp>
+#include <asio/executor_work_guard.hpp>
+#include <asio/io_context.hpp>
+#include <asio/ip/address.hpp>
+#include <asio/ip/tcp.hpp>
+#include <asio/post.hpp>
+#include <asio/read.hpp>
+#include <asio/steady_timer.hpp>
+#include <asio/write.hpp>
 
 #include <algorithm>
 #include <array>
