@@ -1,0 +1,82 @@
+// The operations of the TCP engine: one posted send or receive, and the pool they come from, so
+// that steady traffic allocates nothing per message.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <system_error>
+#include <vector>
+
+#include "collie/core/call.hpp"
+#include "collie/transport/detail/tcp/wire.hpp"
+
+namespace collie::detail::tcp {
+
+struct Connection;
+
+// One posted send or receive.
+struct Op {
+  enum class State : std::uint8_t { free, queued, active, done };
+  bool is_send = false;
+  int peer = 0;  // world rank
+  std::uint64_t context = 0;
+  Tag tag = 0;
+  const std::byte* send_data = nullptr;
+  std::byte* recv_data = nullptr;
+  std::size_t bytes = 0;
+  // Written under the engine mutex; read without it only by a spinning wait (Engine::wait),
+  // which then takes the mutex to read `result`.
+  std::atomic<State> state{State::free};
+  std::error_code result;
+  Connection* connection = nullptr;  // the connection moving it while active
+  Bytes<Header::size> header{};      // sends: the encoded header, kept alive for the write
+  Op* next_free = nullptr;
+  Op* chain_prev = nullptr;  // in a queue of its peer or connection (at most one at a time)
+  Op* chain_next = nullptr;
+  bool abort_frame = false;  // the reason of an abort, not a user's send
+
+  // Lock held: over, with `ec`.
+  void finish(std::error_code ec) noexcept {
+    result = ec;
+    state.store(State::done, std::memory_order_release);
+  }
+  bool is_done() const noexcept { return state.load(std::memory_order_acquire) == State::done; }
+};
+
+// Ops in blocks of 64, handed out and taken back through a free list. Not thread-safe: the
+// engine calls it with its mutex held.
+class OpPool {
+ public:
+  // A free op, or null when memory runs out (the post then reports it).
+  Op* allocate() noexcept {
+    if (free_ == nullptr) {
+      try {
+        blocks_.push_back(std::make_unique<Op[]>(block));
+      } catch (...) {
+        return nullptr;
+      }
+      for (std::size_t i = 0; i < block; ++i) {
+        blocks_.back()[i].next_free = free_;
+        free_ = &blocks_.back()[i];
+      }
+    }
+    Op* op = free_;
+    free_ = op->next_free;
+    return op;
+  }
+
+  void recycle(Op* op) noexcept {
+    op->state = Op::State::free;
+    op->next_free = free_;
+    free_ = op;
+  }
+
+ private:
+  static constexpr std::size_t block = 64;
+  std::vector<std::unique_ptr<Op[]>> blocks_;
+  Op* free_ = nullptr;
+};
+
+}  // namespace collie::detail::tcp
