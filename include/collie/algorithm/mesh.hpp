@@ -31,6 +31,8 @@ namespace collie {
 /// result for any number of repetitions. The small-message path finishes in a single round
 /// trip, which is what small all-reduces (gradient norms, flags, counters) pay for.
 ///
+/// A Mesh is a value with no state between calls: one may serve any number of collectives.
+///
 /// Example: `collie::Collective<collie::InProcessTransport, collie::Mesh> c{t, {.small_bytes = 4096}};`
 struct Mesh {
   using algorithm_concept = algorithm_t;
@@ -46,6 +48,9 @@ struct Mesh {
     return std::array{Knob<Mesh>{"MESH_SMALL_BYTES", &Mesh::small_bytes, 0, std::size_t{1} << 30, true}};
   }
 
+  /// The all-reduce of `data` in place: up to `small_bytes`, every rank sends its whole buffer
+  /// to every peer and folds the p buffers itself (one round); above, a direct reduce-scatter
+  /// then a direct all-gather (two rounds). Called by `Collective` with checked arguments.
   template <Transport T>
   std::error_code all_reduce(T& t, Call& call, std::span<std::byte> data,
                              const Reduction& reduction) const {
@@ -60,6 +65,8 @@ struct Mesh {
     return detail::direct_all_gather_in_place(t, call, data, layout);
   }
 
+  /// The reduce-scatter of `in` (p blocks) into `out`: rank k receives block k from everyone and
+  /// folds the p contributions in rank order. One round.
   template <Transport T>
   std::error_code reduce_scatter(T& t, Call& call, std::span<const std::byte> in,
                                  std::span<std::byte> out, const Reduction& reduction) const {
@@ -68,6 +75,7 @@ struct Mesh {
     return detail::direct_reduce_scatter(t, call, in, out, reduction, layout);
   }
 
+  /// The all-gather of every rank's `in` into `out`, straight from every peer. One round.
   template <Transport T>
   std::error_code all_gather(T& t, Call& call, std::span<const std::byte> in,
                              std::span<std::byte> out) const {

@@ -46,13 +46,11 @@ namespace collie {
 /// dominates. Below `small_bytes` latency dominates instead: 2(p-1) steps, each a message
 /// round, would cost far more than the bytes, so a small all-reduce is recursive doubling
 /// (`detail::doubling_all_reduce`): log2(p) rounds of one partner each, beyond the neighbours.
-/// Fewer rounds beat fewer bytes up to a few hundred KiB (256 KiB all_sum, TCP on one host:
-/// 1.07× the ring's busbw at n = 2, 1.30× at n = 4; 64 KiB: 1.6× and 1.8×). Up to
+/// Fewer rounds beat fewer bytes up to a few hundred KiB. Up to
 /// `halving_bytes`, when p is a power of two from 4 on, recursive halving and doubling
 /// (`detail::halving_all_reduce`) sends the ring's bytes in 2·log2(p) rounds instead of 2(p-1)
-/// (4 ranks: 1.2× the ring at 1-2 MiB, 1.7× at 512 KiB). It takes over from recursive doubling
-/// above `halving_from_bytes`, since it sends 2(p-1)/p·S where doubling sends log2(p)·S (4 ranks:
-/// 1.7× doubling's busbw at 128 KiB, 1.3× at 256 KiB). Larger messages gain more from the
+/// It takes over from recursive doubling above `halving_from_bytes`, since it sends 2(p-1)/p·S
+/// where doubling sends log2(p)·S. Larger messages gain more from the
 /// ring's pipelining, which overlaps the reduction with the transfer; with p = 2 both schedules
 /// are the same rounds, and with other p the extra ranks' fold costs more than it saves.
 /// Within each step the block is cut into `segment_bytes` segments (a part that fits one goes
@@ -65,6 +63,12 @@ namespace collie {
 /// same partials in the same order on every rank. Either way every rank ends with bit-identical
 /// results; the reduction order differs between positions in the buffer and between the paths.
 ///
+/// Where each threshold comes from (measurements against the ring and OpenMPI): docs/algorithms.md
+/// and docs/performance.md.
+///
+/// Thread safety: a Ring is a value; its members are const and keep no state between calls
+/// (per-call staging comes from the `Call`), so one Ring may serve any number of collectives.
+///
 /// Example: `collie::Collective<collie::TcpTransport, collie::Ring> c{t, {.rings = 4}};`
 struct Ring {
   using algorithm_concept = algorithm_t;
@@ -76,24 +80,20 @@ struct Ring {
   /// Pipeline segment: the unit that is reduced and forwarded on its own.
   std::size_t segment_bytes = 1 << 20;
   /// All-reduces of at most this many bytes use recursive doubling, and so do all-gathers of at
-  /// most this many bytes in all when the rank count is a power of two, 4 or more (4 ranks, 64 B
-  /// to 64 KiB: 17–35 µs against the ring's 39–78); with 5 ranks or more and no power of two,
-  /// such all-gathers use Bruck's algorithm instead (5 ranks, 60 B to 64 KiB: 49–82 µs against
-  /// the ring's 89–128); 0 never does.
+  /// most this many bytes in all when the rank count is a power of two, 4 or more; with 5 ranks
+  /// or more and no power of two, such all-gathers use Bruck's algorithm instead; 0 never does.
   std::size_t small_bytes = 256 * 1024;
   /// Larger all-reduces up to this many bytes use recursive halving and doubling when the rank
   /// count is a power of two, 4 or more, and so do reduce-scatters of up to this much input (the
-  /// halving half alone: 4 ranks, 64 B to 256 KiB, 19–149 us against the ring's 44–201); 0 never
-  /// does.
+  /// halving half alone); 0 never does.
   std::size_t halving_bytes = 4 << 20;
   /// With p a power of two from 4 on, all-reduces larger than this use recursive halving and
   /// doubling even below `small_bytes`.
   std::size_t halving_from_bytes = 64 * 1024;
   /// All-to-alls of at most this many bytes per rank use Bruck's algorithm when there are 4
   /// ranks or more: ⌈log2 p⌉ rounds with one peer each, where the direct exchange is one round
-  /// with all p-1 at once, but about p/2·log2(p) blocks sent instead of p-1 (4 ranks, 64 B to
-  /// 4 KiB: 23–27 us against 34–38, level at 16 KiB, behind from 64 KiB: 55 against 49); 0
-  /// never does.
+  /// with all p-1 at once, but about p/2·log2(p) blocks sent instead of p-1, which pays only
+  /// for small blocks; 0 never does.
   std::size_t all_to_all_small_bytes = 16 * 1024;
 
   friend bool operator==(const Ring&, const Ring&) = default;
@@ -114,6 +114,9 @@ struct Ring {
     };
   }
 
+  /// The algorithm's all-reduce of `data` in place (the paths and costs in the table above).
+  /// Called by `Collective`, which has checked the arguments and erased type and op into
+  /// `reduction`; returns the transport's failure, with the step and peer recorded in `call`.
   template <Transport T>
   std::error_code all_reduce(T& t, Call& call, std::span<std::byte> data,
                              const Reduction& reduction) const {
@@ -128,6 +131,7 @@ struct Ring {
     return detail::run_ring(t, call, geo, detail::RingMode::all_reduce, data, data, &reduction);
   }
 
+  /// The reduce-scatter of `in` (p blocks of `out.size()` bytes) into `out`, block rank().
   template <Transport T>
   std::error_code reduce_scatter(T& t, Call& call, std::span<const std::byte> in,
                                  std::span<std::byte> out, const Reduction& reduction) const {
@@ -139,6 +143,8 @@ struct Ring {
     return detail::run_ring(t, call, geo, detail::RingMode::reduce_scatter, in, out, &reduction);
   }
 
+  /// The all-gather of every rank's `in` into `out` (p blocks, in rank order); `in` may be this
+  /// rank's block of `out`.
   template <Transport T>
   std::error_code all_gather(T& t, Call& call, std::span<const std::byte> in,
                              std::span<std::byte> out) const {

@@ -13,6 +13,7 @@
 #include "collie/core/collective.hpp"
 #include "collie/core/concepts.hpp"
 #include "collie/core/element.hpp"
+#include "collie/runtime/detail/valid_pairs.hpp"
 #include "collie/transport/inprocess.hpp"
 
 // The TCP transport needs only Asio (header-only); it is on unless the build says otherwise.
@@ -43,57 +44,6 @@ using EnabledTransports = detail::TypeList<InProcessTransport
 /// runtime `Group`, the backends whose transport it pairs with (COLLIE_ALGORITHM picks it by
 /// name), the benchmark drivers and the conformance suite pick it up from this list.
 using EnabledAlgorithms = detail::TypeList<Ring, Mesh>;
-
-namespace detail {
-
-template <class... Lists>
-struct Concat;
-template <>
-struct Concat<> {
-  using type = TypeList<>;
-};
-template <class... A>
-struct Concat<TypeList<A...>> {
-  using type = TypeList<A...>;
-};
-template <class... A, class... B, class... Rest>
-struct Concat<TypeList<A...>, TypeList<B...>, Rest...> {
-  using type = typename Concat<TypeList<A..., B...>, Rest...>::type;
-};
-
-// Collective<T, A> when A can run over T, nothing otherwise. A specialisation rather than
-// std::conditional, because naming Collective<T, A> for an invalid pair is itself an error.
-template <class T, class A, bool = AlgorithmFor<A, T>>
-struct PairIf {
-  using type = TypeList<>;
-};
-template <class T, class A>
-struct PairIf<T, A, true> {
-  using type = TypeList<Collective<T, A>>;
-};
-
-template <class T, class Algorithms>
-struct PairsOf;
-template <class T, class... A>
-struct PairsOf<T, TypeList<A...>> {
-  using type = typename Concat<typename PairIf<T, A>::type...>::type;
-};
-
-template <class Transports, class Algorithms>
-struct ValidPairs;
-template <class... T, class Algorithms>
-struct ValidPairs<TypeList<T...>, Algorithms> {
-  using type = typename Concat<typename PairsOf<T, Algorithms>::type...>::type;
-};
-
-template <class List>
-struct VariantOf;
-template <class... C>
-struct VariantOf<TypeList<C...>> {
-  using type = std::variant<C...>;
-};
-
-}  // namespace detail
 
 /// Every `Collective<Transport, Algorithm>` this build can run: the valid pairs of the lists above.
 using EnabledCollectives = typename detail::ValidPairs<EnabledTransports, EnabledAlgorithms>::type;

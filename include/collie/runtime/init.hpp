@@ -18,8 +18,14 @@
 
 namespace collie {
 
-/// A group of one rank: every collective is an identity, send/recv fail with
-/// `errc::singleton_group`. Its `backend()` is "singleton".
+/// A group of one rank: what `init()` returns when no backend is configured (as MLX's
+/// `mx.distributed.init()` does). Every collective is an identity (reductions and gathers copy
+/// their input to their output, in place they do nothing), costs no message and cannot fail;
+/// `send`/`recv` fail with `errc::singleton_group`. Its `backend()` is "singleton". Each call
+/// makes a new group; they share nothing, so any thread may use its own.
+///
+///   collie::Group one = collie::singleton_group();
+///   one.all_sum(x);  // x unchanged
 inline Group singleton_group() {
   return Group(Collective<InProcessTransport, Mesh>(InProcessWorld(1).transport(0)), "singleton");
 }
@@ -76,11 +82,40 @@ std::optional<Group> try_backend(std::error_code& ec) noexcept {
 /// - `strict`: turns "not configured" into an error (`errc::not_configured`) instead of a
 ///   singleton group.
 ///
-/// A backend that is configured but fails to connect is always an error, never a silent
-/// singleton. After a successful init, `init()` and `init("any")` return the same group again;
-/// a failed attempt is never cached. Unknown names fail with `errc::unknown_backend`.
+/// What each backend reads is in its descriptor (runtime/backends/) and in docs/config.md; the
+/// ring backend reads `MLX_RANK` + `MLX_HOSTFILE` (or `COLLIE_COORDINATOR` / `MASTER_ADDR` +
+/// `MASTER_PORT` with a rank and world size), then `COLLIE_ALGORITHM` and every knob of every
+/// algorithm, all checked before anything connects.
 ///
-/// Throws `collie::Error`; the overload with `std::error_code&` returns nothing instead.
+/// Cost: the backend's set-up, once per process: for the ring, one TCP connection (or
+/// `COLLIE_CONNECTIONS`) to each neighbour and a handshake on each, so O(1) messages per rank;
+/// with a coordinator, one more connection to rank 0 and a key exchange of O(p) bytes there.
+/// Later calls return the cached group at the cost of a mutex.
+///
+/// Preconditions: every rank of the job calls it (it blocks until its neighbours have); the
+/// environment is the one the launcher set.
+///
+/// Errors (as `errc`): `unknown_backend` (a name that is not a backend, or one not compiled into
+/// this build, naming those that are), `not_configured` (with `strict`, nothing set up),
+/// `bad_configuration` (a malformed variable or hostfile, naming it, the rank and the entry),
+/// `timed_out` (a neighbour or the coordinator never came, naming it),
+/// `connection_lost`, `protocol_error` (a process of another job or build). A backend that is
+/// configured but fails is always an error, never a silent singleton.
+///
+/// After a successful init, `init()` and `init("any")` return the same group again (copies of a
+/// Group share its connections); a failed attempt is never cached, so a later call can retry.
+///
+/// Thread safety: safe to call from several threads; the first to get in does the set-up, the
+/// others wait for it and share its group.
+///
+///   std::error_code ec;
+///   if (auto world = collie::init("ring", /*strict=*/true, ec)) {
+///     world->all_sum(gradients);
+///   } else {
+///     std::fprintf(stderr, "%s\n", collie::Group::last_error().c_str());
+///   }
+///
+/// Never throws; the overload without `std::error_code&` throws `collie::Error` instead.
 inline std::optional<Group> init(std::string_view backend, bool strict,
                                  std::error_code& ec) noexcept {
   ec.clear();
@@ -155,6 +190,11 @@ inline std::optional<Group> init(std::string_view backend, bool strict,
   }
 }
 
+/// As above, throwing `collie::Error` (its `code()` the `errc`, its `what()` the one-line
+/// message) instead of returning nothing.
+///
+///   collie::Group world = collie::init();  // a group of one rank when nothing is set up
+///   std::printf("rank %d of %d over %s\n", world.rank(), world.size(), world.name().c_str());
 inline Group init(std::string_view backend = "any", bool strict = false) {
   std::error_code ec;
   auto group = init(backend, strict, ec);

@@ -21,182 +21,9 @@
 #include "collie/core/deadline.hpp"
 #include "collie/core/detail/chain.hpp"
 #include "collie/core/error.hpp"
+#include "collie/transport/detail/inproc/fabric.hpp"
 
 namespace collie {
-
-namespace detail::inproc {
-
-struct Fabric;
-
-// One posted send or receive. Ops come from a free list of the fabric and go back to it, so
-// steady traffic allocates nothing per message; an op stays put while queued, whatever the
-// caller does with the `Request` handle that owns it.
-struct Op {
-  Fabric* fabric = nullptr;
-  bool is_send = false;
-  int src = 0;    // world rank of the sender
-  int dst = 0;    // world rank of the receiver
-  int owner = 0;  // world rank that waits on this op (src for sends, dst for receives)
-  std::uint64_t context = 0;
-  Tag tag = 0;
-  const std::byte* send_data = nullptr;
-  std::byte* recv_data = nullptr;
-  std::size_t bytes = 0;
-  // Guarded by the mailbox mutex of `dst`: true while the op sits in a queue, unmatched; its
-  // neighbours there (in the free list, `chain_next` only).
-  bool queued = false;
-  Op* chain_prev = nullptr;
-  Op* chain_next = nullptr;
-  // Guarded by the doorbell mutex of `owner`.
-  bool done = false;
-  std::error_code result;
-};
-
-// Everything that matches at rank `dst`: sends addressed to it and receives it posted, each
-// queue in posting order so that equal keys match first-in, first-out.
-struct Mailbox {
-  std::mutex mutex;
-  Chain<Op> sends;
-  Chain<Op> receives;
-};
-
-// Where a rank sleeps while it waits; completing one of its ops rings it.
-struct Doorbell {
-  std::mutex mutex;
-  std::condition_variable cv;
-};
-
-struct Fabric {
-  explicit Fabric(int n)
-      : size(n), mailboxes(static_cast<std::size_t>(n)), doorbells(static_cast<std::size_t>(n)),
-        dead(new std::atomic<bool>[static_cast<std::size_t>(n)]) {
-    for (int r = 0; r < n; ++r) dead[r].store(false);
-  }
-
-  int size;
-  std::vector<Mailbox> mailboxes;
-  std::vector<Doorbell> doorbells;
-  std::unique_ptr<std::atomic<bool>[]> dead;
-  // Why a rank left, when it said so (an abort carries the error that caused it), so that a
-  // survivor two hops away still names the rank that died first. Guarded by `reasons_mutex`.
-  std::mutex reasons_mutex;
-  std::vector<std::string> reasons = std::vector<std::string>(static_cast<std::size_t>(size));
-  std::mutex pool_mutex;
-  std::vector<std::unique_ptr<Op[]>> pool;
-  Op* free_ops = nullptr;
-
-  static bool matches(const Op& a, const Op& b) noexcept {
-    return a.src == b.src && a.context == b.context && a.tag == b.tag;
-  }
-
-  void complete(Op& op, std::error_code result) noexcept {
-    Doorbell& bell = doorbells[static_cast<std::size_t>(op.owner)];
-    {
-      std::lock_guard lock(bell.mutex);
-      op.done = true;
-      op.result = result;
-    }
-    bell.cv.notify_all();
-  }
-
-  // Copies a matched pair outside every lock: neither op is in a queue any more, so nobody else
-  // can reach them until they are completed.
-  void transfer(Op& send, Op& receive) noexcept {
-    std::error_code result;
-    if (send.bytes != receive.bytes) {
-      result = errc::protocol_error;
-    } else if (send.bytes != 0) {
-      std::memcpy(receive.recv_data, send.send_data, send.bytes);
-    }
-    complete(send, result);
-    complete(receive, result);
-  }
-
-  // Queues `op` at the receiver, or completes it against the matching op already there.
-  void post(Op& op) noexcept {
-    Mailbox& box = mailboxes[static_cast<std::size_t>(op.dst)];
-    Op* partner = nullptr;
-    {
-      std::lock_guard lock(box.mutex);
-      Chain<Op>& others = op.is_send ? box.receives : box.sends;
-      partner = others.find([&](const Op& other) { return matches(op, other); });
-      if (partner != nullptr) {
-        partner->queued = false;
-        others.erase(partner);
-      } else {
-        (op.is_send ? box.sends : box.receives).push_back(&op);
-        op.queued = true;
-      }
-    }
-    if (partner != nullptr) {
-      op.is_send ? transfer(op, *partner) : transfer(*partner, op);
-    }
-  }
-
-  // Withdraws `op`. If it was already matched, its copy is under way on another thread and
-  // finishes in bounded time, so wait for it: afterwards nobody touches the op's memory.
-  void withdraw(Op& op) noexcept {
-    Mailbox& box = mailboxes[static_cast<std::size_t>(op.dst)];
-    {
-      std::lock_guard lock(box.mutex);
-      if (op.queued) {
-        (op.is_send ? box.sends : box.receives).erase(&op);
-        op.queued = false;
-        std::lock_guard bell_lock(doorbells[static_cast<std::size_t>(op.owner)].mutex);
-        op.done = true;
-        op.result = errc::aborted;
-        return;
-      }
-    }
-    Doorbell& bell = doorbells[static_cast<std::size_t>(op.owner)];
-    std::unique_lock lock(bell.mutex);
-    bell.cv.wait(lock, [&] { return op.done; });
-  }
-
-  // A cleared op from the free list (null when memory runs out).
-  Op* acquire() noexcept {
-    std::lock_guard lock(pool_mutex);
-    if (free_ops == nullptr) {
-      try {
-        pool.push_back(std::make_unique<Op[]>(64));
-      } catch (...) {
-        return nullptr;
-      }
-      for (int i = 0; i < 64; ++i) {
-        pool.back()[i].chain_next = free_ops;
-        free_ops = &pool.back()[i];
-      }
-    }
-    Op* op = free_ops;
-    free_ops = op->chain_next;
-    *op = Op{};
-    return op;
-  }
-
-  void recycle(Op* op) noexcept {
-    std::lock_guard lock(pool_mutex);
-    op->chain_next = free_ops;
-    free_ops = op;
-  }
-
-  void kill(int rank, std::string_view reason = {}) noexcept {
-    if (!reason.empty()) {
-      try {
-        std::lock_guard lock(reasons_mutex);
-        reasons[static_cast<std::size_t>(rank)] = "aborted the group: " + std::string(reason);
-      } catch (...) {
-        // Out of memory: the peers still learn that the rank is gone, only not why.
-      }
-    }
-    dead[rank].store(true);
-    for (auto& bell : doorbells) {
-      { std::lock_guard lock(bell.mutex); }
-      bell.cv.notify_all();
-    }
-  }
-};
-
-}  // namespace detail::inproc
 
 class InProcessTransport;
 
@@ -210,11 +37,14 @@ class InProcessTransport;
 ///     ranks.emplace_back([t = world.transport(r)]() mutable { ... });
 class InProcessWorld {
  public:
+  /// A world of `size` ranks (at least 1). Allocates the fabric: one mailbox and one doorbell
+  /// per rank. Throws std::bad_alloc.
   explicit InProcessWorld(int size) : fabric_(std::make_shared<detail::inproc::Fabric>(size)) {}
 
+  /// The number of ranks.
   int size() const noexcept { return fabric_->size; }
 
-  /// The transport of rank `rank` (0 <= rank < size()).
+  /// The transport of rank `rank` (0 <= rank < size()); call it once per rank. Thread-safe.
   InProcessTransport transport(int rank) const;
 
   /// Fault injection: from now on rank `rank` counts as dead, and every wait on it fails with
@@ -266,17 +96,35 @@ class InProcessTransport {
     detail::inproc::Op* op_ = nullptr;
   };
 
+  /// This rank's number in its group, in [0, size()).
   int rank() const noexcept { return rank_; }
+  /// The number of ranks in the group (after `split`, the new group's).
   int size() const noexcept { return static_cast<int>(members_->size()); }
 
+  /// Posts a send of `data` to `peer` (0 <= peer < size(), not this rank) under `tag`; `data`
+  /// must stay alive and unchanged until `wait` returns. Completes once the matching receive is
+  /// posted and the bytes are copied (one `memcpy`, by whichever side posted second). Never
+  /// fails here: a post that cannot get an operation (out of memory) returns an empty request,
+  /// whose `wait` reports `errc::aborted`.
+  ///
+  ///   auto r = t.post_send(1, tag, std::as_bytes(std::span(x)));
+  ///   if (auto ec = t.wait(r, collie::Deadline::after(std::chrono::seconds(5)))) { ... }
   Request post_send(int peer, Tag tag, std::span<const std::byte> data) noexcept {
     return post(true, peer, tag, data.data(), nullptr, data.size());
   }
 
+  /// Posts a receive of exactly `data.size()` bytes from `peer` under `tag`: messages from one
+  /// peer with one tag match in posting order. A message of another size fails the receive
+  /// with `errc::protocol_error` (and its send too). `data` must stay alive until `wait` returns.
   Request post_recv(int peer, Tag tag, std::span<std::byte> data) noexcept {
     return post(false, peer, tag, nullptr, data.data(), data.size());
   }
 
+  /// Blocks until `request` completes or `deadline` passes. Returns: success (the request is
+  /// then spent); `errc::timed_out`, leaving it posted (wait again, or `cancel`);
+  /// `errc::connection_lost` when the peer died or aborted (`failure_reason` says why); or the
+  /// request's own failure (`errc::protocol_error` for a size mismatch). A spent or empty
+  /// request gives `errc::aborted`. Sleeps on the rank's condition variable: no spinning.
   std::error_code wait(Request& request, Deadline deadline) noexcept {
     auto* op = request.op_;
     if (op == nullptr) return errc::aborted;  // never posted, or already waited on
@@ -308,8 +156,14 @@ class InProcessTransport {
     return errc::timed_out;  // still posted: the caller waits again or cancels
   }
 
+  /// Withdraws a posted request (a receive takes nothing; a send is never delivered, unless
+  /// its copy already happened) and spends it. Safe on an empty or spent request.
   void cancel(Request& request) noexcept { request.release(); }
 
+  /// The transport of a subgroup: `members` lists the ranks of this group that form it, in
+  /// their new order, and this rank must be among them; `context` (the same on every member,
+  /// and different for every concurrent split) keeps its messages apart from every other
+  /// group's. Local: no message is exchanged.
   InProcessTransport split(std::span<const int> members, std::uint64_t context) const {
     auto world_ranks = std::make_shared<std::vector<int>>();
     world_ranks->reserve(members.size());
@@ -333,6 +187,7 @@ class InProcessTransport {
     return fabric_->reasons[static_cast<std::size_t>((*members_)[static_cast<std::size_t>(peer)])];
   }
 
+  /// "rank 2", or "rank 2 (thread rank 5)" inside a subgroup: how errors name a peer.
   std::string describe_peer(int peer) const {
     std::string text = "rank " + std::to_string(peer);
     if (peer >= 0 && peer < size()) {

@@ -91,6 +91,11 @@ class TcpTransport {
   /// Listens, connects to both ring neighbours and waits for their connections. Throws
   /// `collie::Error` (bad_configuration, timed_out, protocol_error) naming the step, the peer
   /// and the address.
+  ///
+  /// Cost: `config.connections` TCP connections to each neighbour (made by the lower rank of
+  /// each pair, so no two ranks race), a 32-byte hello and an 8-byte answer on each; every rank
+  /// must call it within `config.connect_timeout` of the others. Starts the process's I/O thread
+  /// on first use. Thread-safe (separate transports share nothing but that thread).
   static TcpTransport connect(TcpConfig config) {
     auto engine = std::make_shared<detail::tcp::Engine>(std::move(config));
     auto members = std::make_shared<std::vector<int>>(static_cast<std::size_t>(engine->size()));
@@ -115,19 +120,37 @@ class TcpTransport {
     return std::nullopt;
   }
 
+  /// This rank's number in its group, in [0, size()).
   int rank() const noexcept { return rank_; }
+  /// The number of ranks in the group (after `split`, the new group's).
   int size() const noexcept { return static_cast<int>(members_->size()); }
 
+  /// Posts a send of `data` to `peer` (0 <= peer < size(), not this rank) under `tag`; `data`
+  /// must stay alive and unchanged until `wait` returns. Sends to a ring neighbour go over one
+  /// of its connections (chosen by tag); to any other rank, over a connection made on first use.
+  /// Never blocks and never allocates once the operation pool has grown to the peak number of
+  /// requests in flight. Thread-safe. A post that cannot get an operation (out of memory) or
+  /// that follows an abort completes at once with the failure, reported by `wait`.
   Request post_send(int peer, Tag tag, std::span<const std::byte> data) noexcept {
     return Request(engine_.get(), engine_->post(true, world(peer), context_, tag, data.data(),
                                                 nullptr, data.size()));
   }
 
+  /// Posts a receive of exactly `data.size()` bytes from `peer` under `tag`: messages from one
+  /// peer with one tag match in posting order, and a message that arrived first is copied out
+  /// of its temporary buffer. A message of another size fails the receive with
+  /// `errc::protocol_error`. `data` must stay alive until `wait` returns. Thread-safe.
   Request post_recv(int peer, Tag tag, std::span<std::byte> data) noexcept {
     return Request(engine_.get(), engine_->post(false, world(peer), context_, tag, nullptr,
                                                 data.data(), data.size()));
   }
 
+  /// Blocks until `request` completes or `deadline` passes, driving the event loop itself (it
+  /// polls for `config.spin`, then sleeps). Returns: success (the request is then spent);
+  /// `errc::timed_out`, leaving it posted (wait again, or `cancel`); `errc::connection_lost`
+  /// when its peer's connection broke (`failure_reason` says why); `errc::protocol_error`;
+  /// `errc::aborted` after `abort()`, or for a spent or empty request. Several threads may wait
+  /// on different requests at once.
   std::error_code wait(Request& request, Deadline deadline) noexcept {
     if (request.op_ == nullptr) return errc::aborted;
     const std::error_code ec = engine_->wait(request.op_, deadline);
@@ -135,8 +158,17 @@ class TcpTransport {
     return ec;
   }
 
+  /// Withdraws a posted request and spends it; afterwards nothing touches its buffer. A request
+  /// still queued leaves nothing on the wire. One whose bytes are already moving cannot be
+  /// taken back mid-message: the connection to its peer is closed (every pending operation on
+  /// that peer fails with `errc::connection_lost`, naming the cancelled transfer), and the call
+  /// waits for the event loop to let go of the buffer. Safe on an empty or spent request.
   void cancel(Request& request) noexcept { request.release(); }
 
+  /// The transport of a subgroup: `members` lists the ranks of this group that form it, in
+  /// their new order, and this rank must be among them; `context` (the same on every member,
+  /// and different for every concurrent split) keeps its messages apart from every other
+  /// group's on the same connections. Local: no message is exchanged, no connection is made.
   TcpTransport split(std::span<const int> members, std::uint64_t context) const {
     auto worlds = std::make_shared<std::vector<int>>();
     worlds->reserve(members.size());
@@ -166,6 +198,7 @@ class TcpTransport {
     return peer >= 0 && peer < size() ? engine_->failure_reason(world(peer)) : std::string();
   }
 
+  /// The configuration it was connected with (after defaults were applied).
   const TcpConfig& config() const noexcept { return engine_->config(); }
 
  private:

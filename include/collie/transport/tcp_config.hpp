@@ -51,8 +51,8 @@ struct TcpConfig {
   /// the others. Between ranks on one host there is no congestion to control, and a pacing
   /// algorithm such as BBR (the system default on many current kernels) sends part of every
   /// large message from a timer, on whichever core it fires: the packets of one stream then
-  /// arrive out of order and are retransmitted for nothing (2 MiB all_sum, 4 ranks on 2 cores:
-  /// 2.81 ms with BBR, 1.70 ms with reno). An empty string keeps the system's choice
+  /// arrive out of order and are retransmitted for nothing (docs/performance.md has the
+  /// measurement). An empty string keeps the system's choice
   /// everywhere; a name sets it on every connection, and a name the system refuses (see
   /// `net.ipv4.tcp_allowed_congestion_control` for processes without CAP_NET_ADMIN) fails the
   /// set-up.

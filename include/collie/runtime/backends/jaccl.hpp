@@ -14,6 +14,13 @@
 
 namespace collie {
 
+/// The jaccl backend's descriptor (the `BackendDescriptor` concept, runtime/backend.hpp): RDMA
+/// over InfiniBand/RoCE queue pairs, as MLX's jaccl. Not compiled in yet (`compiled_in` false):
+/// `init("jaccl")` fails with `errc::unknown_backend` naming the backends this build has, and
+/// `init("any")` passes over it. `collie launch --backend jaccl` already writes the device file
+/// (per rank, the RDMA device to reach every other rank) and sets `MLX_RANK`,
+/// `MLX_IBV_DEVICES` and `MLX_JACCL_COORDINATOR` (rank 0's address, where the queue pairs are
+/// exchanged through a collie::Store).
 struct JacclBackend {
   static constexpr std::string_view name = "jaccl";
   static constexpr bool compiled_in = false;

@@ -12,6 +12,11 @@
 
 namespace collie {
 
+/// The mpi backend's descriptor (the `BackendDescriptor` concept, runtime/backend.hpp). Not
+/// compiled in yet (`compiled_in` false): `init("mpi")` fails with `errc::unknown_backend`
+/// naming the backends this build has, and `init("any")` passes over it. `collie launch
+/// --backend mpi` already hands the whole job to `mpirun` (`launch_style` mpirun), which sets
+/// the ranks' variables itself.
 struct MpiBackend {
   static constexpr std::string_view name = "mpi";
   static constexpr bool compiled_in = false;

@@ -11,6 +11,12 @@
 
 namespace collie {
 
+/// The nccl backend's descriptor (the `BackendDescriptor` concept, runtime/backend.hpp). Not
+/// compiled in yet (`compiled_in` false): `init("nccl")` fails with `errc::unknown_backend`
+/// naming the backends this build has, and `init("any")` passes over it. The descriptor is here
+/// so that `collie launch --backend nccl` starts jobs for builds that have it: one process per
+/// GPU, `MLX_RANK`, `MLX_WORLD_SIZE`, `NCCL_HOST_IP`/`NCCL_PORT` (where rank 0 hands out NCCL's
+/// unique id, through a collie::Store) and one device per rank in `CUDA_VISIBLE_DEVICES`.
 struct NcclBackend {
   static constexpr std::string_view name = "nccl";
   static constexpr bool compiled_in = false;

@@ -26,6 +26,24 @@
 
 namespace collie {
 
+/// The ring backend's descriptor (the `BackendDescriptor` concept, runtime/backend.hpp): what
+/// `init("ring")`, `init("any")` and `collie launch --backend ring` know about it.
+///
+/// - `connect<Group>(ec)` builds the group: the algorithm (`COLLIE_ALGORITHM`, default `ring`)
+///   and every knob of every TCP algorithm are read and checked first, then the ranks' addresses
+///   (a hostfile, or else a rendezvous at a coordinator), then the connections. On one host (all
+///   addresses loopback) the Ring policy runs one ring instead of two unless
+///   `COLLIE_RING_RINGS` says otherwise.
+/// - `prepare_launch(job)` writes the job's hostfile with `format_hostfile`, consecutive ports
+///   per host from `--starting-port`; `launch_environment` hands each rank `MLX_RANK` and
+///   `MLX_HOSTFILE`.
+///
+/// Cost of `connect`: p·k TCP connections in all (k per neighbour, on-demand ones added later
+/// for other peers), one 32-byte handshake each. Errors: those of `init()`. Thread safety: the
+/// members are stateless; `init()` serialises calls.
+///
+///   std::error_code ec;
+///   auto group = collie::RingBackend::connect<collie::Group>(ec);  // what init("ring") does
 struct RingBackend {
   static constexpr std::string_view name = "ring";
   static constexpr bool compiled_in = COLLIE_WITH_TCP;
