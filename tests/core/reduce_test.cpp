@@ -810,7 +810,7 @@ TEST_CASE_TEMPLATE_DEFINE(
     "the AVX2 kernels give the portable kernels' bits on special values and ragged lengths", T,
     isa_id) {
   if (!collie::detail::isa_supported(Isa::x86_avx2)) {
-    MESSAGE("skipped: this CPU has no AVX2 and F16C");
+    MESSAGE("collie-test SKIPPED: this CPU has no AVX2 and F16C");
     return;
   }
   std::mt19937_64 random(4242);
@@ -824,7 +824,7 @@ TEST_CASE_TEMPLATE_APPLY(isa_id, AllElementTypes);
 TEST_CASE_TEMPLATE("on AVX2, every 16-bit encoding converts, adds and multiplies to the same bits",
                    T, float16, bfloat16) {
   if (!collie::detail::isa_supported(Isa::x86_avx2)) {
-    MESSAGE("skipped: this CPU has no AVX2 and F16C");
+    MESSAGE("collie-test SKIPPED: this CPU has no AVX2 and F16C");
     return;
   }
   // Every encoding against 64 factors. A product of two 16-bit values is exact in float, with
@@ -878,7 +878,7 @@ TEST_CASE_TEMPLATE("on x86-64, a NaN meeting a NaN keeps the first one's payload
                    "instruction sets",
                    T, float, double, float16, bfloat16) {
   if (!COLLIE_DETAIL_X86_KERNELS) {
-    MESSAGE("skipped: only x86-64 builds fix which NaN a sum or product returns");
+    MESSAGE("collie-test SKIPPED: only x86-64 builds fix which NaN a sum or product returns");
     return;
   }
   using Bits = bits_t<T>;

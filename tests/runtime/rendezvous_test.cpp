@@ -277,7 +277,7 @@ TEST_CASE("rank 0 reports a coordinator address that is not on its host") {
 
 TEST_CASE("the rendezvous works over IPv6 loopback") {
   if (!ipv6_loopback_available()) {
-    MESSAGE("skipped: ::1 is not available on this machine");
+    MESSAGE("collie-test SKIPPED: ::1 is not available on this machine");
     return;
   }
   const Endpoint coordinator{"::1", free_port("::1")};

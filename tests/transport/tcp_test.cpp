@@ -842,7 +842,7 @@ TEST_CASE("ranks connect over IPv6 loopback") {
     probe.open(asio::ip::tcp::v6(), ec);
     if (!ec) probe.bind({asio::ip::make_address("::1"), 0}, ec);
     if (ec) {
-      MESSAGE("skipped: this machine has no IPv6 loopback (" << ec.message() << ")");
+      MESSAGE("collie-test SKIPPED: this machine has no IPv6 loopback (" << ec.message() << ")");
       return;
     }
   }
@@ -863,7 +863,7 @@ TEST_CASE("ranks connect over IPv6 loopback") {
 TEST_CASE("a single message larger than 2 GiB arrives whole") {
   // 2 GiB + 3 bytes: more than one write or read system call can move, and than a 32-bit count.
   if (std::getenv("COLLIE_TEST_LARGE_COUNT") != nullptr) {
-    MESSAGE("skipped under the sanitizer builds (4 GiB of buffers); runs in the default build");
+    MESSAGE("collie-test SKIPPED: under the sanitizer builds (4 GiB of buffers); runs in the default build");
     return;
   }
   const std::size_t bytes = (std::size_t{2} << 30) + 3;
@@ -901,7 +901,7 @@ TEST_CASE("repeated collectives of megabytes soon stop faulting in fresh memory"
   // would fault in megabytes every round.
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
   // Their allocators hold freed memory back and map fresh pages for small blocks too.
-  MESSAGE("skipped under the sanitizer builds; runs in the default build");
+  MESSAGE("collie-test SKIPPED: under the sanitizer builds; runs in the default build");
   return;
 #endif
   ::mallopt(M_MMAP_THRESHOLD, 128 * 1024);  // for the rest of the process: only slower
