@@ -1,18 +1,25 @@
 // Example 03: choosing the backend at compile time. `Collective<TcpTransport, Ring>` is the
 // ring backend with nothing else compiled into the call path: no runtime selection, no variant.
-// The configuration comes from the same environment as collie::init() (MLX_RANK +
-// MLX_HOSTFILE, or a coordinator rendezvous).
+// The configuration comes from the same environment as collie::init(): MLX_RANK + MLX_HOSTFILE,
+// or, when no hostfile is set, a rendezvous through COLLIE_COORDINATOR (or MASTER_ADDR +
+// MASTER_PORT) with a rank and world size.
 //
 // Run: bazel build //examples:03_compile_time &&
 //      scripts/run_local.sh 4 --connections 2 bazel-bin/examples/03_compile_time
 #include <collie/collie.hpp>
 
 #include <cstdio>
+#include <optional>
+#include <system_error>
+#include <utility>
 #include <vector>
 
 int main() {
   try {
-    collie::TcpConfig config = collie::ring_config_from_environment();
+    std::error_code ec;
+    std::optional<collie::TcpConfig> from_hostfile = collie::ring_config_from_environment(ec);
+    if (!from_hostfile && ec != collie::errc::not_configured) throw collie::Error(ec, collie::Group::last_error());
+    collie::TcpConfig config = from_hostfile ? std::move(*from_hostfile) : collie::rendezvous_from_environment();
     // Tuning is part of the type's value: 4 rings (two per direction), 512 KiB segments.
     collie::Collective<collie::TcpTransport, collie::Ring> ring(
         collie::TcpTransport::connect(config), collie::Ring{.rings = 4, .segment_bytes = 512 << 10});
