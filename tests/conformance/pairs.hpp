@@ -39,6 +39,14 @@ struct WithAlgorithm<A, std::tuple<C...>> {
 template <class A>
 using PairsWith = typename WithAlgorithm<A, Pairs>::type;
 
+/// Whether the reduction suite runs its whole element type × op matrix through transport T: only
+/// where its world says so (`full_reduction_matrix`, the in-process reference). A transport moves
+/// bytes and never sees an element type or an op (algorithms get them erased), so through the
+/// others the suite runs every type with sum, and every op with a few types of each kind: every
+/// element size and every count still crosses the wire, at a fraction of the processes' time.
+template <class T>
+constexpr bool full_reduction_matrix = requires { requires TestWorld<T>::full_reduction_matrix; };
+
 /// "tcp/ring, ranks as processes over TCP on 127.0.0.1".
 template <class C>
 std::string pair_name() {

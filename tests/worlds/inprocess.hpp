@@ -16,6 +16,8 @@ template <>
 struct TestWorld<InProcessTransport> {
   /// Whether the ranks of one run live in one process (and so share its allocator).
   static constexpr bool ranks_share_a_process = true;
+  /// The reference transport: the reduction suite runs every element type with every op here.
+  static constexpr bool full_reduction_matrix = true;
   static constexpr std::string_view name = "ranks as threads";
 
   template <class Fn>
