@@ -87,8 +87,9 @@ std::optional<Group> try_backend(std::error_code& ec) noexcept {
 /// `MASTER_PORT` with a rank and world size), then `COLLIE_ALGORITHM` and every knob of every
 /// algorithm, all checked before anything connects.
 ///
-/// Cost: the backend's set-up, once per process: for the ring, one TCP connection (or
-/// `COLLIE_CONNECTIONS`) to each neighbour and a handshake on each, so O(1) messages per rank;
+/// Cost: the backend's set-up, once per process: for the ring, k TCP connections to each
+/// neighbour (k = addresses per rank in the hostfile, or `COLLIE_CONNECTIONS` with a
+/// coordinator) and a handshake on each, so O(1) messages per rank;
 /// with a coordinator, one more connection to rank 0 and a key exchange of O(p) bytes there.
 /// Later calls return the cached group at the cost of a mutex.
 ///

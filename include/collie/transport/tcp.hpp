@@ -92,8 +92,9 @@ class TcpTransport {
   /// `collie::Error` (bad_configuration, timed_out, protocol_error) naming the step, the peer
   /// and the address.
   ///
-  /// Cost: `config.connections` TCP connections to each neighbour (made by the lower rank of
-  /// each pair, so no two ranks race), a 32-byte hello and an 8-byte answer on each; every rank
+  /// Cost: k TCP connections to each neighbour (k = addresses per rank in `config.hosts`; each
+  /// rank connects to its right neighbour's addresses and accepts its left neighbour's), a
+  /// 32-byte hello and an 8-byte answer on each; every rank
   /// must call it within `config.connect_timeout` of the others. Starts the process's I/O thread
   /// on first use. Thread-safe (separate transports share nothing but that thread).
   static TcpTransport connect(TcpConfig config) {
@@ -127,9 +128,10 @@ class TcpTransport {
 
   /// Posts a send of `data` to `peer` (0 <= peer < size(), not this rank) under `tag`; `data`
   /// must stay alive and unchanged until `wait` returns. Sends to a ring neighbour go over one
-  /// of its connections (chosen by tag); to any other rank, over a connection made on first use.
-  /// Never blocks and never allocates once the operation pool has grown to the peak number of
-  /// requests in flight. Thread-safe. A post that cannot get an operation (out of memory) or
+  /// of its connections (chosen by tag and context); to any other rank, over a connection made
+  /// on first use. Never waits for the peer (a small send on an idle connection is written at
+  /// once, without blocking; the rest is left to the event loop), and allocates nothing once the
+  /// operation pool has grown to the peak number of requests in flight. Thread-safe. A post that cannot get an operation (out of memory) or
   /// that follows an abort completes at once with the failure, reported by `wait`.
   Request post_send(int peer, Tag tag, std::span<const std::byte> data) noexcept {
     return Request(engine_.get(), engine_->post(true, world(peer), context_, tag, data.data(),
