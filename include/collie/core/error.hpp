@@ -4,10 +4,12 @@
 // fills a `std::error_code&` and never throws. Both carry the same codes, listed below.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <string_view>
 #include <system_error>
 #include <type_traits>
+#include <utility>
 
 namespace collie {
 
@@ -82,6 +84,18 @@ class Error : public std::system_error {
  public:
   Error(std::error_code code, const std::string& what) : std::system_error(code, what) {}
 };
+
+namespace detail {
+
+// The throwing form of a call that returns an optional and fills `ec`: its value, or
+// collie::Error with `ec` and the message the call left.
+template <class T>
+T value_or_throw(std::optional<T>&& value, const std::error_code& ec) {
+  if (!value) throw Error(ec, last_error_message);
+  return std::move(*value);
+}
+
+}  // namespace detail
 
 }  // namespace collie
 

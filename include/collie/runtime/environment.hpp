@@ -145,9 +145,7 @@ inline std::optional<TcpConfig> ring_config_from_environment(std::error_code& ec
 /// As above, throwing `collie::Error` with the same message.
 inline TcpConfig ring_config_from_environment() {
   std::error_code ec;
-  auto config = ring_config_from_environment(ec);
-  if (!config) throw Error(ec, detail::last_error_message);
-  return std::move(*config);
+  return detail::value_or_throw(ring_config_from_environment(ec), ec);
 }
 
 }  // namespace collie

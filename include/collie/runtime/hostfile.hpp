@@ -60,9 +60,7 @@ inline std::optional<Endpoint> parse_endpoint(std::string_view text, std::error_
 /// As above, throwing `collie::Error` with the same message.
 inline Endpoint parse_endpoint(std::string_view text) {
   std::error_code ec;
-  auto endpoint = parse_endpoint(text, ec);
-  if (!endpoint) throw Error(ec, detail::last_error_message);
-  return std::move(*endpoint);
+  return detail::value_or_throw(parse_endpoint(text, ec), ec);
 }
 
 /// Parses the text of a ring hostfile, the format of MLX's MLX_HOSTFILE: a JSON array indexed by
@@ -211,9 +209,7 @@ inline std::optional<HostTable> parse_hostfile(std::string_view json_text, std::
 /// As above, throwing `collie::Error` with the same message.
 inline HostTable parse_hostfile(std::string_view json_text, std::string_view origin) {
   std::error_code ec;
-  auto table = parse_hostfile(json_text, origin, ec);
-  if (!table) throw Error(ec, detail::last_error_message);
-  return std::move(*table);
+  return detail::value_or_throw(parse_hostfile(json_text, origin, ec), ec);
 }
 
 namespace detail {
@@ -288,9 +284,7 @@ inline std::optional<HostTable> load_hostfile(const std::filesystem::path& path,
 /// As above, throwing `collie::Error` with the same message.
 inline HostTable load_hostfile(const std::filesystem::path& path) {
   std::error_code ec;
-  auto table = load_hostfile(path, ec);
-  if (!table) throw Error(ec, detail::last_error_message);
-  return std::move(*table);
+  return detail::value_or_throw(load_hostfile(path, ec), ec);
 }
 
 /// The hostfile text of a table, in the format `parse_hostfile` reads (MLX's):

@@ -198,9 +198,7 @@ inline std::optional<Group> init(std::string_view backend, bool strict,
 ///   std::printf("rank %d of %d over %s\n", world.rank(), world.size(), world.name().c_str());
 inline Group init(std::string_view backend = "any", bool strict = false) {
   std::error_code ec;
-  auto group = init(backend, strict, ec);
-  if (!group) throw Error(ec, detail::last_error_message);
-  return std::move(*group);
+  return detail::value_or_throw(init(backend, strict, ec), ec);
 }
 
 }  // namespace collie

@@ -321,9 +321,7 @@ inline std::optional<TcpConfig> rendezvous(const Endpoint& coordinator, int rank
 inline TcpConfig rendezvous(const Endpoint& coordinator, int rank, int size,
                             const RendezvousOptions& options = {}) {
   std::error_code ec;
-  auto config = rendezvous(coordinator, rank, size, options, ec);
-  if (!config) throw Error(ec, detail::last_error_message);
-  return std::move(*config);
+  return detail::value_or_throw(rendezvous(coordinator, rank, size, options, ec), ec);
 }
 
 namespace detail {
@@ -438,9 +436,7 @@ inline std::optional<TcpConfig> rendezvous_from_environment(std::error_code& ec)
 
 inline TcpConfig rendezvous_from_environment() {
   std::error_code ec;
-  auto config = rendezvous_from_environment(ec);
-  if (!config) throw Error(ec, detail::last_error_message);
-  return std::move(*config);
+  return detail::value_or_throw(rendezvous_from_environment(ec), ec);
 }
 
 }  // namespace collie

@@ -376,9 +376,7 @@ inline std::optional<RankAndSize> scheduler_rank_and_size(std::error_code& ec) n
 
 inline RankAndSize scheduler_rank_and_size() {
   std::error_code ec;
-  auto found = scheduler_rank_and_size(ec);
-  if (!found) throw Error(ec, last_error_message);
-  return std::move(*found);
+  return value_or_throw(scheduler_rank_and_size(ec), ec);
 }
 
 /// The rendezvous coordinator (rank 0's "ip:port"): `COLLIE_COORDINATOR` (or
@@ -445,9 +443,7 @@ inline std::optional<Endpoint> coordinator_from_environment(std::error_code& ec)
 
 inline Endpoint coordinator_from_environment() {
   std::error_code ec;
-  auto endpoint = coordinator_from_environment(ec);
-  if (!endpoint) throw Error(ec, last_error_message);
-  return std::move(*endpoint);
+  return value_or_throw(coordinator_from_environment(ec), ec);
 }
 
 /// The variables of the other backends that give MLX_RANK a meaning without a hostfile (JACCL's

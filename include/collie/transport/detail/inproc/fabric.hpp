@@ -20,6 +20,7 @@
 
 #include "collie/core/concepts.hpp"
 #include "collie/core/deadline.hpp"
+#include "collie/core/detail/block_pool.hpp"
 #include "collie/core/detail/chain.hpp"
 #include "collie/core/error.hpp"
 
@@ -44,10 +45,11 @@ struct Op {
   std::byte* recv_data = nullptr;
   std::size_t bytes = 0;
   // Guarded by the mailbox mutex of `dst`: true while the op sits in a queue, unmatched; its
-  // neighbours there (in the free list, `chain_next` only).
+  // neighbours there.
   bool queued = false;
   Op* chain_prev = nullptr;
   Op* chain_next = nullptr;
+  Op* next_free = nullptr;  // in the fabric's pool, while free
   // Guarded by the doorbell mutex of `owner`.
   bool done = false;
   std::error_code result;
@@ -83,8 +85,7 @@ struct Fabric {
   std::mutex reasons_mutex;
   std::vector<std::string> reasons = std::vector<std::string>(static_cast<std::size_t>(size));
   std::mutex pool_mutex;
-  std::vector<std::unique_ptr<Op[]>> pool;
-  Op* free_ops = nullptr;
+  BlockPool<Op> pool;
 
   static bool matches(const Op& a, const Op& b) noexcept {
     return a.src == b.src && a.context == b.context && a.tag == b.tag;
@@ -154,30 +155,17 @@ struct Fabric {
     bell.cv.wait(lock, [&] { return op.done; });
   }
 
-  // A cleared op from the free list (null when memory runs out).
+  // A cleared op from the pool (null when memory runs out).
   Op* acquire() noexcept {
     std::lock_guard lock(pool_mutex);
-    if (free_ops == nullptr) {
-      try {
-        pool.push_back(std::make_unique<Op[]>(64));
-      } catch (...) {
-        return nullptr;
-      }
-      for (int i = 0; i < 64; ++i) {
-        pool.back()[i].chain_next = free_ops;
-        free_ops = &pool.back()[i];
-      }
-    }
-    Op* op = free_ops;
-    free_ops = op->chain_next;
-    *op = Op{};
+    Op* op = pool.allocate();
+    if (op != nullptr) *op = Op{};
     return op;
   }
 
   void recycle(Op* op) noexcept {
     std::lock_guard lock(pool_mutex);
-    op->chain_next = free_ops;
-    free_ops = op;
+    pool.recycle(op);
   }
 
   void kill(int rank, std::string_view reason = {}) noexcept {

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "collie/core/call.hpp"
+#include "collie/core/detail/block_pool.hpp"
 #include "collie/transport/detail/tcp/wire.hpp"
 
 namespace collie::detail::tcp {
@@ -47,36 +48,12 @@ struct Op {
 
 // Ops in blocks of 64, handed out and taken back through a free list. Not thread-safe: the
 // engine calls it with its mutex held.
-class OpPool {
+class OpPool : public BlockPool<Op> {
  public:
-  // A free op, or null when memory runs out (the post then reports it).
-  Op* allocate() noexcept {
-    if (free_ == nullptr) {
-      try {
-        blocks_.push_back(std::make_unique<Op[]>(block));
-      } catch (...) {
-        return nullptr;
-      }
-      for (std::size_t i = 0; i < block; ++i) {
-        blocks_.back()[i].next_free = free_;
-        free_ = &blocks_.back()[i];
-      }
-    }
-    Op* op = free_;
-    free_ = op->next_free;
-    return op;
-  }
-
   void recycle(Op* op) noexcept {
     op->state = Op::State::free;
-    op->next_free = free_;
-    free_ = op;
+    BlockPool<Op>::recycle(op);
   }
-
- private:
-  static constexpr std::size_t block = 64;
-  std::vector<std::unique_ptr<Op[]>> blocks_;
-  Op* free_ = nullptr;
 };
 
 }  // namespace collie::detail::tcp
