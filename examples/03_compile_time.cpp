@@ -6,7 +6,14 @@
 //
 // Run: bazel build //examples:03_compile_time &&
 //      scripts/run_local.sh 4 --connections 2 bazel-bin/examples/03_compile_time
+// It names the headers of the pair it uses, so it also builds with COLLIE_SEPARATE_COMPILATION,
+// where <collie/collie.hpp> declares the runtime API only.
+#include <collie/algorithm/ring.hpp>
 #include <collie/collie.hpp>
+#include <collie/core/collective.hpp>
+#include <collie/runtime/environment.hpp>
+#include <collie/runtime/rendezvous.hpp>
+#include <collie/transport/tcp.hpp>
 
 #include <cstdio>
 #include <optional>

@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include "collie/collie.hpp"
+#include "collie/runtime/enabled.hpp"
 
 namespace {
 
@@ -63,11 +64,11 @@ constexpr std::size_t valid_pairs(collie::detail::TypeList<T...>) {
 }
 
 TEST_CASE("the enabled list holds exactly the valid pairs") {
-  CHECK(std::variant_size_v<collie::detail::RuntimeCore::Variant> ==
+  CHECK(std::variant_size_v<collie::detail::RuntimeVariant> ==
         valid_pairs(collie::EnabledTransports{}));
   // Ring and Mesh run over any transport, so there are at least two pairs per transport.
-  CHECK(std::variant_size_v<collie::detail::RuntimeCore::Variant> >=
+  CHECK(std::variant_size_v<collie::detail::RuntimeVariant> >=
         2 * collie::detail::type_list_size_v<collie::EnabledTransports>);
-  CHECK(std::is_same_v<std::variant_alternative_t<0, collie::detail::RuntimeCore::Variant>,
+  CHECK(std::is_same_v<std::variant_alternative_t<0, collie::detail::RuntimeVariant>,
                        collie::Collective<collie::InProcessTransport, collie::Ring>>);
 }

@@ -9,6 +9,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "collie/core/call.hpp"
 #include "collie/core/detail/reduce_passes.hpp"
 #include "collie/core/detail/reduce_x86.hpp"
 #include "collie/core/element.hpp"
@@ -272,6 +273,37 @@ void reduce_many(T* dst, const T* const* srcs, std::size_t nsrc, std::size_t cou
     }
   }
   reduce_many_on<Isa::portable>(dst, srcs, nsrc, count, op);
+}
+
+// The kernels of `Op` over `E` behind the type-erased `Reduction` that algorithms take
+// (make_reduction.hpp): the op is referenced, not copied, so it must outlive the Reduction.
+template <class E, class Op>
+struct Kernels {
+  static Reduction make(const Op& op) noexcept {
+    Reduction r;
+    r.element_size = sizeof(E);
+    r.op = &op;
+    r.into_fn = [](const void* o, std::byte* dst, const std::byte* src,
+                   std::size_t count) noexcept {
+      reduce_into(reinterpret_cast<E*>(dst), reinterpret_cast<const E*>(src), count,
+                  *static_cast<const Op*>(o));
+    };
+    r.many_fn = [](const void* o, std::byte* dst, const std::byte* const* srcs,
+                   std::size_t nsrc, std::size_t count) noexcept {
+      reduce_many(reinterpret_cast<E*>(dst), reinterpret_cast<const E* const*>(srcs), nsrc,
+                  count, *static_cast<const Op*>(o));
+    };
+    return r;
+  }
+};
+
+// The Reduction of a stateless built-in op over E, on an instance that lives forever. With
+// COLLIE_SEPARATE_COMPILATION, collie's source file compiles it for every element type and
+// built-in op (src.hpp), and programs call that copy.
+template <class E, class Op>
+Reduction builtin_reduction() noexcept {
+  static constexpr Op op{};
+  return Kernels<E, Op>::make(op);
 }
 
 }  // namespace collie::detail

@@ -8,6 +8,7 @@
 #include <type_traits>
 #include <variant>
 
+#include "collie/config.hpp"
 #include "collie/algorithm/mesh.hpp"
 #include "collie/algorithm/ring.hpp"
 #include "collie/core/collective.hpp"
@@ -15,15 +16,6 @@
 #include "collie/core/element.hpp"
 #include "collie/runtime/detail/valid_pairs.hpp"
 #include "collie/transport/inprocess.hpp"
-
-// The TCP transport needs only Asio (header-only); it is on unless the build says otherwise.
-#ifndef COLLIE_WITH_TCP
-#if __has_include(<asio.hpp>)
-#define COLLIE_WITH_TCP 1
-#else
-#define COLLIE_WITH_TCP 0
-#endif
-#endif
 
 #if COLLIE_WITH_TCP
 #include "collie/transport/tcp.hpp"
@@ -112,3 +104,5 @@ bool for_each_backend(Fn&& fn) {
 #include "collie/runtime/backends/mpi.hpp"
 #include "collie/runtime/backends/nccl.hpp"
 #include "collie/runtime/backends/ring.hpp"
+// The variant a Group holds, over the pairs above.
+#include "collie/runtime/detail/runtime_variant.hpp"

@@ -12,11 +12,14 @@
 #include <utility>
 #include <variant>
 
+#include "collie/config.hpp"
 #include "collie/core/basic_collective.hpp"
-#include "collie/core/collective.hpp"
 #include "collie/core/request.hpp"
 #include "collie/runtime/detail/runtime_core.hpp"
-#include "collie/runtime/enabled.hpp"
+
+#if COLLIE_HEADER_ONLY
+#include "collie/runtime/impl/runtime_core.ipp"
+#endif
 
 namespace collie {
 
@@ -33,6 +36,10 @@ namespace collie {
 /// Beyond the operations: `backend()` names the backend that made it ("ring", "inproc",
 /// "singleton", ...), `name()` the policies ("tcp/ring"), and `get_if<Collective<T, A>>()` gives
 /// the typed collective behind it.
+///
+/// With COLLIE_SEPARATE_COMPILATION (config.hpp) this header declares the operations without
+/// any transport; making a Group from a typed collective, or `get_if`, then needs
+/// <collie/runtime/enabled.hpp> as well.
 ///
 /// Copies of a Group share the same connections (like MLX's Group, it is a shared handle); the
 /// group closes when its last copy goes.

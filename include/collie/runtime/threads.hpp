@@ -11,6 +11,7 @@
 #include "collie/algorithm/ring.hpp"
 #include "collie/core/collective.hpp"
 #include "collie/core/options.hpp"
+#include "collie/runtime/enabled.hpp"
 #include "collie/runtime/group.hpp"
 #include "collie/transport/inprocess.hpp"
 

@@ -27,6 +27,8 @@
 #include "collie/core/error.hpp"
 #include "collie/core/ops.hpp"
 #include "collie/core/options.hpp"
+// The typed path compiles its pair in the program anyway: its custom ops too, in both modes.
+#include "collie/core/reduce.hpp"
 #include "collie/core/request.hpp"
 
 namespace collie::detail {
