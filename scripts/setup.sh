@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages needed to build and test collie (offline
 # Bazel, compilers, header-only dependencies, RDMA/MPI development files, the
-# tools used by multi-process tests, and matplotlib for bench/compare.py's
-# plots). Does nothing when all are present.
+# tools used by multi-process tests, matplotlib for bench/compare.py's plots,
+# and CMake and pkg-config for the consumer projects of tests/consumers/).
+# Does nothing when all are present.
 set -euo pipefail
 
 packages=(
@@ -24,6 +25,8 @@ packages=(
   procps
   python3
   python3-matplotlib
+  cmake
+  pkgconf
 )
 
 missing=()
