@@ -8,7 +8,7 @@
 #   tests/consumers/run.sh                      # all of them
 #   tests/consumers/run.sh pkgconfig bazel      # some of them
 #
-# Environment: CXX (default g++) for the plain compiler lines and CMake, CXXFLAGS (default -O1:
+# Environment: CXX (default g++) for the plain compiler lines and CMake, CXXFLAGS (default -O0:
 # these programs are checked, not timed), COLLIE_CONSUMERS_KEEP=1 keeps the temporary directory
 # (its path is printed) for a look at the logs and builds, COLLIE_CONSUMERS_FULL=1 adds the
 # separate-compilation programs of cmake_subdirectory and bazel (see below).
@@ -37,7 +37,7 @@ done
 
 full=${COLLIE_CONSUMERS_FULL:-0}
 cxx=${CXX:-g++}
-cxxflags=${CXXFLAGS:--O1}
+cxxflags=${CXXFLAGS:--O0}
 # No build type: the flags are exactly CMAKE_CXX_FLAGS. At most 2 compiles at once.
 cmake_flags=(-DCMAKE_BUILD_TYPE= "-DCMAKE_CXX_FLAGS=$cxxflags" "-DCMAKE_CXX_COMPILER=$cxx")
 jobs=2
