@@ -31,8 +31,10 @@
 namespace collie::detail {
 
 // The built-in ops' kernels over every element type, which programs reach through
-// make_reduction without instantiating them: explicit instantiations, one per pair.
-template <class... E>
+// make_reduction without instantiating them: the explicit instantiation below makes this table,
+// and the table's addresses make the compiler emit builtin_reduction<E, Op> for every element
+// type and op, here and only here.
+template <class List>
 struct BuiltinReductions;
 template <class... E>
 struct BuiltinReductions<TypeList<E...>> {
