@@ -9,7 +9,6 @@
 #pragma once
 
 #include <cstddef>
-#include <type_traits>
 
 #include "collie/config.hpp"
 #include "collie/core/call.hpp"
@@ -42,9 +41,9 @@ Reduction make_reduction(const Op& op) noexcept {
 #if COLLIE_HEADER_ONLY
   return Kernels<E, Op>::make(op);
 #else
-  if constexpr (is_builtin_op_v<Op> && std::is_empty_v<Op>) {
-    (void)op;  // stateless: the library's own instance serves
-    return builtin_reduction<E, std::remove_cvref_t<Op>>();
+  if constexpr (is_builtin_op_v<Op>) {
+    (void)op;  // the built-ins are stateless: the library's own instance serves
+    return builtin_reduction<E, Op>();
   } else {
     static_assert(KernelsVisible<E, Op>,
                   "collie: with COLLIE_SEPARATE_COMPILATION, a reduction with your own op "
